@@ -12,17 +12,32 @@ import pytest  # noqa: E402
 
 
 def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+  parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: slow test, run with --runslow")
+  config.addinivalue_line("markers", "slow: slow test, run with --runslow")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip_slow = pytest.mark.skip(reason="slow: use --runslow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip_slow)
+  if config.getoption("--runslow"):
+    return
+  skip_slow = pytest.mark.skip(reason="slow: use --runslow")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session")
+def test_tokenizer_dir(tmp_path_factory):
+  """A small byte-level BPE tokenizer with a ChatML template, trained locally (no download)."""
+  from atommem_jax.models.tokenizer import build_test_tokenizer
+
+  return build_test_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def test_tokenizer(test_tokenizer_dir):
+  from atommem_jax.models.tokenizer import load_tokenizer
+
+  return load_tokenizer(test_tokenizer_dir)

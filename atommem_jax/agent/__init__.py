@@ -1,0 +1,1 @@
+"""The agent: AtomMem tag protocol, prompts, chunk-stream environment, rollouts."""

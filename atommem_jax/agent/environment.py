@@ -1,0 +1,163 @@
+"""The chunk-stream environment: which section the agent sees, and when an episode ends.
+
+Follows the official AtomMem step semantics (RUCBM/AtomMem,
+`recurrent/impls/memory_long_short_multiquery.py`):
+  * the document is tokenised once and shown in windows of `chunk_size` tokens, widened by
+    `overlap` tokens on both sides;
+  * the stream advances after a response that adds or modifies an entry, or that has no
+    tags at all; any other response (a query change, a scratchpad-only turn) re-presents the
+    same section with fresh search results;
+  * once the document is exhausted the questions are answered one at a time; per question
+    the query may change at most `max_query_times` times, a further change skips it;
+  * an episode is capped at `max_calls` model calls, so it always ends.
+Two deliberate fixes (documented in docs/design_notes.md): the query limit applies per
+question in the answering phase only (officially it also counts during reading, where it
+can skip questions), and an answer written while still reading is a counted error rather
+than consuming the next question.
+
+Everything here is a pure function of an immutable `Cursor` and a parsed step, so it is
+trivially testable and replayable.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+READING, ANSWERING, DONE = "reading", "answering", "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+  chunk_size: int = 4000  # tokens per section (paper: 4,000)
+  overlap: int = 100  # tokens shown again on each side of a section
+  max_calls: int = 41  # model calls per episode (paper: 41); 0 = automatic
+  max_query_times: int = 3  # query changes per question in the answering phase
+  top_k: int = 6  # entries shown for the current query
+
+  def __post_init__(self):
+    if self.chunk_size <= 0:
+      raise ValueError(f"EnvConfig.chunk_size must be positive, got {self.chunk_size}")
+    if not 0 <= self.overlap < self.chunk_size:
+      raise ValueError(f"EnvConfig.overlap must be in [0, chunk_size), got {self.overlap}")
+    if self.max_calls < 0 or self.max_query_times < 0 or self.top_k <= 0:
+      raise ValueError("EnvConfig.max_calls and max_query_times must be >= 0, top_k > 0; got "
+                       f"{self.max_calls}, {self.max_query_times}, {self.top_k}")
+
+  def call_budget(self, num_chunks: int, num_questions: int) -> int:
+    """The model-call cap; automatic = every section twice + every allowed query + answers."""
+    if self.max_calls:
+      return self.max_calls
+    return 2 * num_chunks + (self.max_query_times + 1) * num_questions
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+  """One context and its questions (several questions may share a context)."""
+
+  episode_id: str
+  questions: tuple[str, ...]
+  golds: tuple[tuple[str, ...], ...]  # accepted answers (aliases) per question
+  document: str
+  meta: dict = dataclasses.field(default_factory=dict, compare=False)
+
+  def __post_init__(self):
+    if not self.questions:
+      raise ValueError(f"episode {self.episode_id!r} has no questions")
+    if len(self.golds) != len(self.questions):
+      raise ValueError(f"episode {self.episode_id!r}: {len(self.questions)} questions but "
+                       f"{len(self.golds)} gold answer lists")
+
+
+def chunk_windows(num_tokens: int, chunk_size: int, overlap: int) -> list[tuple[int, int]]:
+  """Token [start, end) windows of each section: [s*cs - ov, (s+1)*cs + ov) clipped."""
+  n = max(1, -(-num_tokens // chunk_size))
+  return [(max(0, s * chunk_size - overlap), min(num_tokens, (s + 1) * chunk_size + overlap))
+          for s in range(n)]
+
+
+def split_document(token_ids: Sequence[int], tokenizer, cfg: EnvConfig) -> list[str]:
+  """Decodes the official overlapping token windows of a tokenised document into texts."""
+  ids = np.asarray(token_ids)
+  return [tokenizer.decode(ids[a:b].tolist(), skip_special_tokens=True)
+          for a, b in chunk_windows(len(ids), cfg.chunk_size, cfg.overlap)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cursor:
+  """Where one episode stands. Immutable; `step` returns a new one."""
+
+  num_chunks: int
+  num_questions: int
+  call_budget: int
+  chunk: int = 0  # index of the section shown next
+  question: int = 0  # question being answered (answering phase)
+  query_times: int = 0  # query changes on this section / for this question
+  calls: int = 0
+  answers: tuple[str | None, ...] = ()  # per question; None = skipped / unanswered
+
+  @property
+  def phase(self) -> str:
+    if self.calls >= self.call_budget or self.question >= self.num_questions:
+      return DONE
+    return READING if self.chunk < self.num_chunks else ANSWERING
+
+  @property
+  def done(self) -> bool:
+    return self.phase == DONE
+
+  def final_answers(self) -> tuple[str | None, ...]:
+    return tuple(self.answers) + (None,) * (self.num_questions - len(self.answers))
+
+
+def new_cursor(num_chunks: int, num_questions: int, cfg: EnvConfig) -> Cursor:
+  return Cursor(num_chunks=num_chunks, num_questions=num_questions,
+                call_budget=cfg.call_budget(num_chunks, num_questions))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepEvents:
+  """What the environment did with one response (for metrics and trajectories)."""
+
+  phase: str  # phase the response was written in
+  advanced: bool = False  # moved to the next section
+  answered: int | None = None  # question index answered by this response
+  skipped: int | None = None  # question index skipped (query limit exceeded)
+  premature_answer: bool = False  # <final_answer> while still reading (ignored)
+
+
+def step(cursor: Cursor, parsed, max_query_times: int = 3) -> tuple[Cursor, StepEvents]:
+  """Advances the episode after one parsed response (`agent.protocol.ParsedStep`)."""
+  phase = cursor.phase
+  if phase == DONE:
+    raise ValueError("step() called on a finished episode")
+  c = dataclasses.replace(cursor, calls=cursor.calls + 1)
+  kinds = [op.kind for op in parsed.ops]
+  has_answer = parsed.answer is not None
+  if phase == READING:
+    tagless = not kinds and not has_answer
+    advance = tagless or any(k in ("create", "update") for k in kinds)
+    n_queries = kinds.count("read")
+    if advance:
+      c = dataclasses.replace(c, chunk=c.chunk + 1, query_times=0)
+    else:
+      c = dataclasses.replace(c, query_times=c.query_times + n_queries)
+    return c, StepEvents(phase, advanced=advance, premature_answer=has_answer)
+  # Answering: query changes first (ops run in order), then the answer, if any.
+  answers = list(c.final_answers()[:c.question])
+  for k in kinds:
+    if k != "read":
+      continue
+    if c.query_times >= max_query_times:  # one change too many: the question is skipped
+      answers.append(None)
+      c = dataclasses.replace(c, question=c.question + 1, query_times=0,
+                              answers=tuple(answers))
+      return c, StepEvents(phase, skipped=c.question - 1)
+    c = dataclasses.replace(c, query_times=c.query_times + 1)
+  if has_answer:
+    answers.append(parsed.answer)
+    q = c.question
+    c = dataclasses.replace(c, question=q + 1, query_times=0, answers=tuple(answers))
+    return c, StepEvents(phase, answered=q)
+  return c, StepEvents(phase)

@@ -1,0 +1,327 @@
+"""Per-rollout memory as an immutable pytree with pure, jittable, vmappable CRUD.
+
+One `MemoryState` per rollout; a batch of rollouts is the same pytree with a leading axis,
+so the rollout engine runs `jax.jit(jax.vmap(apply))` over all of them at once.
+
+Texts live on the host: all text passes through the host anyway (parsing, prompt
+rendering), so the device state keeps int32 handles into an append-only `TextTable`
+(`memory/text_table.py`) plus the embeddings it needs for search. That keeps the state
+small and fixed-shape. Handle -1 means "no text".
+
+Addressing. Entries have stable ids (`entry_id`, never reused, from `next_id`); a slot is
+reused after a delete but gets a new id. The policy writes `Memory i`: that is resolved via
+`shown_ids`, the stable ids displayed as `Memory 1..k` in the last prompt, which `apply`
+refreshes from the current query after each step (the numbering a response refers to is
+the one its prompt showed, even if earlier ops in the same response changed memory).
+
+Failures are never silent: every op returns a status code (`OK`, `OVERFLOW`, `BAD_INDEX`,
+`NOT_ALIVE`) and is counted in `counts` (see `COUNTER_NAMES`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+# Op status codes (int32, per op).
+OK, OVERFLOW, BAD_INDEX, NOT_ALIVE = 0, 1, 2, 3
+STATUS_NAMES = ("ok", "overflow", "bad_index", "not_alive")
+
+# Op kinds of an encoded `OpBatch` (NOOP pads the fixed-size batch).
+NOOP, CREATE, READ, UPDATE, DELETE, SCRATCHPAD = 0, 1, 2, 3, 4, 5
+KIND_CODES = {"create": CREATE, "read": READ, "update": UPDATE, "delete": DELETE,
+              "scratchpad": SCRATCHPAD}
+
+# Counters, one int32 each in `MemoryState.counts`.
+COUNTER_NAMES = ("creates", "reads", "updates", "deletes", "scratchpads", "evictions",
+                 "err_overflow", "err_bad_index", "err_not_alive", "err_too_many_ops")
+(C_CREATES, C_READS, C_UPDATES, C_DELETES, C_SCRATCHPADS, C_EVICTIONS, C_ERR_OVERFLOW,
+ C_ERR_BAD_INDEX, C_ERR_NOT_ALIVE, C_ERR_TOO_MANY_OPS) = range(len(COUNTER_NAMES))
+_ERROR_COUNTER = jnp.array([-1, C_ERR_OVERFLOW, C_ERR_BAD_INDEX, C_ERR_NOT_ALIVE], jnp.int32)
+
+Overflow = Literal["error", "evict_oldest"]
+DeleteMode = Literal["remove", "blank"]
+Similarity = Literal["dot", "cosine"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+  """Static memory settings (hashable, so they can be jit static arguments).
+
+  overflow: "error" rejects a create when all C slots are alive (counted OVERFLOW);
+    "evict_oldest" replaces the alive entry with the smallest id (counted eviction).
+  delete_mode: "remove" frees the slot (ours); "blank" is the official AtomMem behaviour,
+    which keeps the entry but empties its text (handle -1, zero embedding).
+  """
+
+  capacity: int = 256
+  dim: int = 384
+  top_k: int = 6
+  overflow: Overflow = "error"
+  delete_mode: DeleteMode = "remove"
+  similarity: Similarity = "dot"
+
+  def __post_init__(self):
+    if self.capacity <= 0 or self.dim <= 0 or self.top_k <= 0:
+      raise ValueError(f"MemoryConfig.capacity, dim and top_k must be positive, got "
+                       f"{self.capacity}, {self.dim}, {self.top_k}")
+    if self.top_k > self.capacity:
+      raise ValueError(f"MemoryConfig.top_k ({self.top_k}) exceeds capacity ({self.capacity})")
+    if self.overflow not in ("error", "evict_oldest"):
+      raise ValueError(f"MemoryConfig.overflow must be 'error' or 'evict_oldest', got {self.overflow!r}")
+    if self.delete_mode not in ("remove", "blank"):
+      raise ValueError(f"MemoryConfig.delete_mode must be 'remove' or 'blank', got {self.delete_mode!r}")
+    if self.similarity not in ("dot", "cosine"):
+      raise ValueError(f"MemoryConfig.similarity must be 'dot' or 'cosine', got {self.similarity!r}")
+
+
+@struct.dataclass
+class MemoryState:
+  """One rollout's memory. Shapes: C = capacity, D = embedding dim, k = top_k."""
+
+  scratchpad: jax.Array  # int32 [] text handle (-1 = empty)
+  text: jax.Array  # int32 [C] text handles
+  embedding: jax.Array  # float32 [C, D]
+  alive: jax.Array  # bool [C]
+  entry_id: jax.Array  # int32 [C] stable id of the slot's entry (-1 = never used)
+  next_id: jax.Array  # int32 []
+  query: jax.Array  # int32 [] text handle of the current query (-1 = none set)
+  query_embedding: jax.Array  # float32 [D]
+  shown_ids: jax.Array  # int32 [k] ids shown as Memory 1..k (-1 padded)
+  query_count: jax.Array  # int32 [] query changes for the current question / section
+  chunk: jax.Array  # int32 [] chunk position
+  question: jax.Array  # int32 [] question index
+  counts: jax.Array  # int32 [len(COUNTER_NAMES)]
+
+  @property
+  def capacity(self) -> int:
+    return self.alive.shape[-1]
+
+
+@struct.dataclass
+class OpBatch:
+  """A fixed-size, array-encoded list of ops for one state (M = max ops per step).
+
+  `index` is the 1-based `Memory i` display index (update/delete); `text` a text handle;
+  `embedding` the text's embedding (create/update/read). Padding has kind NOOP.
+  `dropped` counts ops that did not fit in M (counted as err_too_many_ops, never lost silently).
+  """
+
+  kind: jax.Array  # int32 [M]
+  index: jax.Array  # int32 [M]
+  text: jax.Array  # int32 [M]
+  embedding: jax.Array  # float32 [M, D]
+  dropped: jax.Array  # int32 []
+
+  @property
+  def valid(self) -> jax.Array:
+    return self.kind != NOOP  # bool [M]
+
+
+def init_state(config: MemoryConfig) -> MemoryState:
+  """An empty memory (use `jax.tree.map(lambda x: jnp.stack([x]*B), ...)` or `init_batch`)."""
+  c, d, k = config.capacity, config.dim, config.top_k
+  i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
+  return MemoryState(
+      scratchpad=i32(-1), text=jnp.full((c,), -1, jnp.int32),
+      embedding=jnp.zeros((c, d), jnp.float32), alive=jnp.zeros((c,), bool),
+      entry_id=jnp.full((c,), -1, jnp.int32), next_id=i32(0), query=i32(-1),
+      query_embedding=jnp.zeros((d,), jnp.float32), shown_ids=jnp.full((k,), -1, jnp.int32),
+      query_count=i32(0), chunk=i32(0), question=i32(0),
+      counts=jnp.zeros((len(COUNTER_NAMES),), jnp.int32))
+
+
+def init_batch(config: MemoryConfig, batch: int) -> MemoryState:
+  """`batch` empty memories stacked on a leading axis."""
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape), init_state(config))
+
+
+def _bump(state: MemoryState, counter, amount=1) -> MemoryState:
+  return state.replace(counts=state.counts.at[counter].add(jnp.asarray(amount, jnp.int32)))
+
+
+def _count_status(state: MemoryState, status: jax.Array) -> MemoryState:
+  """Adds 1 to the error counter of a non-OK status."""
+  counter = _ERROR_COUNTER[status]
+  return state.replace(counts=state.counts.at[jnp.maximum(counter, 0)].add(
+      (status != OK).astype(jnp.int32)))
+
+
+def _slot_of(state: MemoryState, entry_id: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(slot, status) of a stable id: BAD_INDEX if never issued, NOT_ALIVE if deleted."""
+  entry_id = jnp.asarray(entry_id, jnp.int32)
+  match = (state.entry_id == entry_id) & state.alive & (entry_id >= 0)  # [C]
+  slot = jnp.argmax(match)
+  issued = (entry_id >= 0) & (entry_id < state.next_id)
+  status = jnp.where(match.any(), OK, jnp.where(issued, NOT_ALIVE, BAD_INDEX))
+  return slot, status.astype(jnp.int32)
+
+
+def resolve_index(state: MemoryState, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Stable id of the entry displayed as `Memory index` (1-based), or -1 with BAD_INDEX."""
+  k = state.shown_ids.shape[-1]
+  index = jnp.asarray(index, jnp.int32)
+  in_range = (index >= 1) & (index <= k)
+  entry_id = jnp.where(in_range, state.shown_ids[jnp.clip(index - 1, 0, k - 1)], -1)
+  return entry_id, jnp.where(entry_id >= 0, OK, BAD_INDEX).astype(jnp.int32)
+
+
+def create(state: MemoryState, text: jax.Array, embedding: jax.Array,
+           overflow: Overflow = "error") -> tuple[MemoryState, jax.Array, jax.Array]:
+  """Adds an entry. Returns (state, new id or -1, status)."""
+  free = ~state.alive  # [C]
+  has_free = free.any()
+  if overflow == "evict_oldest":
+    oldest = jnp.argmin(jnp.where(state.alive, state.entry_id, jnp.iinfo(jnp.int32).max))
+    slot = jnp.where(has_free, jnp.argmax(free), oldest)
+    ok = jnp.asarray(True)
+  else:
+    slot, ok = jnp.argmax(free), has_free
+  new_id = state.next_id
+  put = lambda arr, val: jnp.where(ok, arr.at[slot].set(val), arr)
+  new = state.replace(
+      text=put(state.text, jnp.asarray(text, jnp.int32)),
+      embedding=put(state.embedding, jnp.asarray(embedding, jnp.float32)),
+      alive=put(state.alive, True), entry_id=put(state.entry_id, new_id),
+      next_id=state.next_id + ok.astype(jnp.int32))
+  new = _bump(new, C_CREATES, ok)
+  new = _bump(new, C_EVICTIONS, ok & ~has_free)
+  status = jnp.where(ok, OK, OVERFLOW).astype(jnp.int32)
+  return _count_status(new, status), jnp.where(ok, new_id, -1), status
+
+
+def update_id(state: MemoryState, entry_id: jax.Array, text: jax.Array,
+              embedding: jax.Array) -> tuple[MemoryState, jax.Array]:
+  """Replaces the text and embedding of the entry with stable id `entry_id`."""
+  slot, status = _slot_of(state, entry_id)
+  ok = status == OK
+  new = state.replace(
+      text=jnp.where(ok, state.text.at[slot].set(jnp.asarray(text, jnp.int32)), state.text),
+      embedding=jnp.where(ok, state.embedding.at[slot].set(jnp.asarray(embedding, jnp.float32)),
+                          state.embedding))
+  return _count_status(_bump(new, C_UPDATES, ok), status), status
+
+
+def delete_id(state: MemoryState, entry_id: jax.Array,
+              delete_mode: DeleteMode = "remove") -> tuple[MemoryState, jax.Array]:
+  """Deletes the entry with stable id `entry_id` ("blank": official empty-entry semantics)."""
+  slot, status = _slot_of(state, entry_id)
+  ok = status == OK
+  if delete_mode == "blank":
+    new = state.replace(
+        text=jnp.where(ok, state.text.at[slot].set(-1), state.text),
+        embedding=jnp.where(ok, state.embedding.at[slot].set(0.0), state.embedding))
+  else:
+    new = state.replace(alive=jnp.where(ok, state.alive.at[slot].set(False), state.alive))
+  return _count_status(_bump(new, C_DELETES, ok), status), status
+
+
+def update(state: MemoryState, index: jax.Array, text: jax.Array, embedding: jax.Array
+           ) -> tuple[MemoryState, jax.Array]:
+  """`<modify_memory>Memory index: ...`: updates the entry the last prompt showed there."""
+  # An unresolvable index gives id -1, which update_id reports (and counts) as BAD_INDEX.
+  return update_id(state, resolve_index(state, index)[0], text, embedding)
+
+
+def delete(state: MemoryState, index: jax.Array, delete_mode: DeleteMode = "remove"
+           ) -> tuple[MemoryState, jax.Array]:
+  """`<delete_memory>Memory index`: deletes the entry the last prompt showed there."""
+  return delete_id(state, resolve_index(state, index)[0], delete_mode)
+
+
+def set_scratchpad(state: MemoryState, text: jax.Array) -> MemoryState:
+  return _bump(state.replace(scratchpad=jnp.asarray(text, jnp.int32)), C_SCRATCHPADS)
+
+
+def set_query(state: MemoryState, text: jax.Array, embedding: jax.Array) -> MemoryState:
+  """`<update_query>`: sets the persistent query (results show from the next prompt on)."""
+  return _bump(state.replace(query=jnp.asarray(text, jnp.int32),
+                             query_embedding=jnp.asarray(embedding, jnp.float32),
+                             query_count=state.query_count + 1), C_READS)
+
+
+def search(state: MemoryState, query_embedding: jax.Array, k: int,
+           similarity: Similarity = "dot") -> tuple[jax.Array, jax.Array]:
+  """Exact masked top-k over alive entries: (ids [k], scores [k]); -1 / -inf padded.
+
+  Order: score descending, ties broken by the lower stable id (a two-key sort, so the
+  result does not depend on which slot an entry happens to occupy).
+  """
+  emb = state.embedding  # [C, D]
+  q = jnp.asarray(query_embedding, jnp.float32)  # [D]
+  if similarity == "cosine":
+    emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+    q = q / jnp.maximum(jnp.linalg.norm(q), 1e-12)
+  scores = jnp.where(state.alive, emb @ q, -jnp.inf)  # [C]
+  ids = jnp.where(state.alive, state.entry_id, jnp.iinfo(jnp.int32).max)  # [C]
+  neg, sorted_ids = jax.lax.sort((-scores, ids), num_keys=2)
+  top_ids, top_scores = sorted_ids[:k], -neg[:k]
+  found = jnp.isfinite(top_scores)
+  return jnp.where(found, top_ids, -1), jnp.where(found, top_scores, -jnp.inf)
+
+
+def read(state: MemoryState, similarity: Similarity = "dot"
+         ) -> tuple[MemoryState, jax.Array, jax.Array]:
+  """Retrieves top-k for the current query and records them as the displayed `Memory 1..k`.
+
+  With no query set nothing is shown (official behaviour: no entries until a query).
+  """
+  k = state.shown_ids.shape[-1]
+  ids, scores = search(state, state.query_embedding, k, similarity)
+  has_query = state.query >= 0
+  ids = jnp.where(has_query, ids, -1)
+  scores = jnp.where(has_query, scores, -jnp.inf)
+  return state.replace(shown_ids=ids), ids, scores
+
+
+def next_chunk(state: MemoryState) -> MemoryState:
+  return state.replace(chunk=state.chunk + 1, query_count=jnp.zeros_like(state.query_count))
+
+
+def next_question(state: MemoryState) -> MemoryState:
+  return state.replace(question=state.question + 1, query_count=jnp.zeros_like(state.query_count))
+
+
+def _drop_id(result):
+  state, _, status = result
+  return state, status
+
+
+def apply(state: MemoryState, ops: OpBatch, config: MemoryConfig | None = None
+          ) -> tuple[MemoryState, jax.Array]:
+  """Applies one step's ops in order, then refreshes `shown_ids` for the next prompt.
+
+  `Memory i` in every op resolves against the ids shown in the prompt the step answered
+  (the `shown_ids` on entry), not against numbering changed by earlier ops of the step.
+  Returns (new state, status [M]). Jit with `config` static, e.g.
+  `jax.jit(jax.vmap(functools.partial(apply, config=cfg)))`.
+  """
+  config = config or MemoryConfig(capacity=state.capacity, dim=state.embedding.shape[-1],
+                                  top_k=state.shown_ids.shape[-1])
+  def step(s: MemoryState, op):
+    kind, index, text, emb = op
+    branches = [
+        lambda s: (s, jnp.asarray(OK, jnp.int32)),
+        lambda s: _drop_id(create(s, text, emb, config.overflow)),
+        lambda s: (set_query(s, text, emb), jnp.asarray(OK, jnp.int32)),
+        lambda s: update(s, index, text, emb),
+        lambda s: delete(s, index, config.delete_mode),
+        lambda s: (set_scratchpad(s, text), jnp.asarray(OK, jnp.int32)),
+    ]
+    return jax.lax.switch(kind, branches, s)
+
+  state, status = jax.lax.scan(step, state, (ops.kind, ops.index, ops.text, ops.embedding))
+  state = _bump(state, C_ERR_TOO_MANY_OPS, ops.dropped)
+  state, _, _ = read(state, config.similarity)
+  return state, status
+
+
+def counters(state: MemoryState) -> dict[str, np.ndarray]:
+  """Host-side view of the op counters by name (works on batched states too)."""
+  counts = np.asarray(state.counts)
+  return {name: counts[..., i] for i, name in enumerate(COUNTER_NAMES)}

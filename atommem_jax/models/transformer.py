@@ -1,0 +1,317 @@
+"""Decoder-only transformer (Qwen3 / Qwen2 / Llama) in Flax NNX, with a KV cache.
+
+Design choices (why, not what):
+
+* Layers are *stacked*: every per-layer weight is one `[L, ...]` array and the layer loop is a
+  single `jax.lax.scan`. Compile time is then independent of depth (Qwen3-8B's 36 layers trace
+  once), and the `[L, B, S, Hkv, Dh]` KV cache rides in the scan carry, so each layer writes
+  only its T new slots with an in-place `dynamic_update_slice` (no per-step copy of the cache
+  inside the sampler's `lax.while_loop`).
+* Weights are stored in "einsum layout" (`q_proj: [L, D, H, Dh]`, `o_proj: [L, H, Dh, D]`,
+  ...): no reshapes in the hot path, and every dimension has a logical axis name
+  (`layers`, `vocab`, `embed`, `mlp`, `heads`, `kv_heads`, `head_dim`) attached as NNX
+  `sharding_names` metadata (flax 0.12 stores it as `out_sharding`). `param_logical_axes`
+  lists them so sharding rules can be checked against each tensor.
+* GQA never materialises repeated K/V: queries are reshaped to `[B, T, Hkv, G, Dh]` and
+  contracted against `[B, S, Hkv, Dh]` keys directly.
+* Numerics follow `transformers`: RMSNorm and softmax in float32, RoPE as rotate-half with
+  float32 angles, logits returned as float32 whatever the compute dtype.
+
+Public API (the model contract):
+  Transformer(config, *, rngs)(tokens, positions, cache=None, attn_mask=None) -> (logits, cache)
+  init_cache(config, batch, max_len, dtype=None) -> Cache
+  init_params(config, seed=0) -> nnx.State
+  apply(config, params, tokens, positions, cache=None, attn_mask=None) -> (logits, cache)
+  forward(config, params, input_ids) -> logits
+  param_logical_axes(config) -> [(path, axes, shape)]
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from atommem_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked rows stay NaN-free
+
+
+@flax.struct.dataclass
+class Cache:
+  """Preallocated KV cache shared by all layers.
+
+  k, v: `[L, B, S, Hkv, Dh]`; index: int32 scalar, the next slot to write (shared by the
+  batch; per-row padding is expressed through positions and the attention mask).
+  """
+
+  k: Array
+  v: Array
+  index: Array
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
+  """An empty cache for `batch` sequences of up to `max_len` tokens (prompt + generation)."""
+  if batch <= 0 or max_len <= 0:
+    raise ValueError(f"init_cache: batch and max_len must be positive, got {batch}, {max_len}")
+  dtype = config.jnp_dtype if dtype is None else dtype
+  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  return Cache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+               index=jnp.zeros((), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str, ...], dtype: Any,
+           init: str) -> nnx.Param:
+  """A parameter with logical axis names; init is 'normal' (std 0.02), 'ones' or 'zeros'."""
+  assert len(shape) == len(axes), (shape, axes)
+  if init == "normal":
+    value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    value = jnp.zeros(shape, jnp.float32)
+  # eager_sharding=False: the names are metadata for sharding rules, not a request to shard
+  # now (there is no mesh at construction time).
+  return nnx.Param(value.astype(dtype), sharding_names=axes, eager_sharding=False)
+
+
+class DecoderStack(nnx.Module):
+  """All decoder layers' weights, stacked along a leading `layers` axis."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    L, D, F, H, K, Dh = (c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads,
+                         c.num_kv_heads, c.head_dim)
+    p = functools.partial(_param, rngs, dtype=c.jnp_param_dtype)
+    self.input_norm = p((L, D), ("layers", "embed"), init="ones")
+    self.q_proj = p((L, D, H, Dh), ("layers", "embed", "heads", "head_dim"), init="normal")
+    self.k_proj = p((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim"), init="normal")
+    self.v_proj = p((L, D, K, Dh), ("layers", "embed", "kv_heads", "head_dim"), init="normal")
+    self.o_proj = p((L, H, Dh, D), ("layers", "heads", "head_dim", "embed"), init="normal")
+    if c.attention_bias:
+      self.q_bias = p((L, H, Dh), ("layers", "heads", "head_dim"), init="zeros")
+      self.k_bias = p((L, K, Dh), ("layers", "kv_heads", "head_dim"), init="zeros")
+      self.v_bias = p((L, K, Dh), ("layers", "kv_heads", "head_dim"), init="zeros")
+      if _has_o_bias(c):
+        self.o_bias = p((L, D), ("layers", "embed"), init="zeros")
+    if c.use_qk_norm:
+      self.q_norm = p((L, Dh), ("layers", "head_dim"), init="ones")
+      self.k_norm = p((L, Dh), ("layers", "head_dim"), init="ones")
+    self.post_attn_norm = p((L, D), ("layers", "embed"), init="ones")
+    self.gate_proj = p((L, D, F), ("layers", "embed", "mlp"), init="normal")
+    self.up_proj = p((L, D, F), ("layers", "embed", "mlp"), init="normal")
+    self.down_proj = p((L, F, D), ("layers", "mlp", "embed"), init="normal")
+
+
+def _has_o_bias(config: ModelConfig) -> bool:
+  """HF Llama/Qwen3 put a bias on o_proj too when attention_bias is set; Qwen2 never does."""
+  return config.attention_bias and config.family != "qwen2"
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM. See the module docstring for layout and numerics."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    c = config
+    p = functools.partial(_param, rngs, dtype=c.jnp_param_dtype)
+    self.embed = p((c.vocab_size, c.hidden_size), ("vocab", "embed"), init="normal")
+    self.layers = DecoderStack(c, rngs=rngs)
+    self.final_norm = p((c.hidden_size,), ("embed",), init="ones")
+    if not c.tie_word_embeddings:
+      self.lm_head = p((c.hidden_size, c.vocab_size), ("embed", "vocab"), init="normal")
+
+  def __call__(self, tokens: Array, positions: Array, cache: Cache | None = None,
+               attn_mask: Array | None = None) -> tuple[Array, Cache | None]:
+    """Logits `[B, T, V]` float32 for int32 `tokens`/`positions` `[B, T]`.
+
+    With a cache: writes K/V at slots `[index, index + T)`, attends over all S slots under
+    `attn_mask` `[B, T, S]` (True = may attend; required, the caller owns padding and
+    causality) and returns the cache advanced by T. Without: causal attention over the T
+    tokens, AND-ed with `attn_mask` `[B, T, T]` if given.
+    """
+    layer_params = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+    lm_head = None if self.config.tie_word_embeddings else self.lm_head[...]
+    return _forward(self.config, self.embed[...], layer_params, self.final_norm[...], lm_head,
+                    tokens, positions, cache, attn_mask)
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+def rms_norm(x: Array, weight: Array, eps: float) -> Array:
+  """RMSNorm over the last axis in float32, scaled in the input dtype (as transformers)."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return weight.astype(x.dtype) * y.astype(x.dtype)
+
+
+def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotate-half RoPE. x `[B, T, N, Dh]`, positions `[B, T]` (per row: left padding works)."""
+  dh = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))  # [Dh/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+  cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype)  # [B, T, 1, Dh/2]
+  sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype)
+  x1, x2 = x[..., : dh // 2], x[..., dh // 2:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def gqa_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+  """Grouped-query attention without repeating K/V.
+
+  q `[B, T, H, Dh]`, k/v `[B, S, Hkv, Dh]`, mask `[B, T, S]` bool -> `[B, T, H, Dh]`.
+  """
+  b, t, h, dh = q.shape
+  hkv = k.shape[2]
+  q = q.reshape(b, t, hkv, h // hkv, dh)  # [B, T, Hkv, G, Dh]
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k,
+                      preferred_element_type=jnp.float32) * (dh ** -0.5)  # [B, Hkv, G, T, S]
+  scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, Hkv, G, Dh]
+  return out.reshape(b, t, h, dh)
+
+
+def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm: Array,
+             lm_head: Array | None, tokens: Array, positions: Array, cache: Cache | None,
+             attn_mask: Array | None) -> tuple[Array, Cache | None]:
+  """The pure forward pass over raw arrays (what `Transformer.__call__` and `apply` run)."""
+  c = config
+  dtype = c.jnp_dtype
+  if tokens.ndim != 2 or positions.shape != tokens.shape:
+    raise ValueError(f"tokens and positions must both be [B, T]; got {tokens.shape} and "
+                     f"{positions.shape}")
+  b, t = tokens.shape
+  if cache is None:
+    mask = jnp.tril(jnp.ones((t, t), bool))[None]  # [1, T, T]
+    if attn_mask is not None:
+      if attn_mask.shape != (b, t, t):
+        raise ValueError(f"attn_mask must be [B, T, T] = {(b, t, t)} without a cache, got "
+                         f"{attn_mask.shape}")
+      mask = mask & attn_mask
+    mask = jnp.broadcast_to(mask, (b, t, t))
+  else:
+    s = cache.k.shape[2]
+    if attn_mask is None:
+      raise ValueError("attn_mask [B, T, S] is required with a cache (padding + causality)")
+    if attn_mask.shape != (b, t, s):
+      raise ValueError(f"attn_mask must be [B, T, S] = {(b, t, s)} with a cache, got "
+                       f"{attn_mask.shape}")
+    if cache.k.shape[1] != b:
+      raise ValueError(f"cache batch {cache.k.shape[1]} != tokens batch {b}")
+    mask = attn_mask.astype(bool)
+
+  x = embed[tokens].astype(dtype)  # [B, T, D]
+  lp = {k: v.astype(dtype) for k, v in lp.items()}
+  index = None if cache is None else cache.index
+
+  def layer(carry, xs):
+    x, kc, vc = carry
+    w, li = xs
+    h = rms_norm(x, w["input_norm"], c.rms_norm_eps)  # [B, T, D]
+    q = jnp.einsum("btd,dhk->bthk", h, w["q_proj"])  # [B, T, H, Dh]
+    k = jnp.einsum("btd,dhk->bthk", h, w["k_proj"])  # [B, T, Hkv, Dh]
+    v = jnp.einsum("btd,dhk->bthk", h, w["v_proj"])
+    if c.attention_bias:
+      q, k, v = q + w["q_bias"], k + w["k_bias"], v + w["v_bias"]
+    if c.use_qk_norm:
+      q = rms_norm(q, w["q_norm"], c.rms_norm_eps)
+      k = rms_norm(k, w["k_norm"], c.rms_norm_eps)
+    q = apply_rope(q, positions, c.rope_theta)
+    k = apply_rope(k, positions, c.rope_theta)
+    if kc is None:
+      k_all, v_all = k, v
+    else:
+      # Write only this layer's T new slots of the [L, B, S, Hkv, Dh] carry (in place).
+      start = (li, 0, index, 0, 0)
+      kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype)[None], start)
+      vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype)[None], start)
+      k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)
+      v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
+    attn = gqa_attention(q, k_all, v_all, mask)  # [B, T, H, Dh]
+    out = jnp.einsum("bthk,hkd->btd", attn, w["o_proj"])
+    if "o_bias" in w:
+      out = out + w["o_bias"]
+    x = x + out
+    h = rms_norm(x, w["post_attn_norm"], c.rms_norm_eps)
+    gate = jnp.einsum("btd,df->btf", h, w["gate_proj"])
+    up = jnp.einsum("btd,df->btf", h, w["up_proj"])
+    x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w["down_proj"])
+    return (x, kc, vc), None
+
+  kc = None if cache is None else cache.k
+  vc = None if cache is None else cache.v
+  layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
+  (x, kc, vc), _ = jax.lax.scan(layer, (x, kc, vc), (lp, layer_ids))
+  x = rms_norm(x, final_norm, c.rms_norm_eps)
+  if lm_head is None:
+    logits = jnp.einsum("btd,vd->btv", x, embed.astype(dtype), preferred_element_type=jnp.float32)
+  else:
+    logits = jnp.einsum("btd,dv->btv", x, lm_head.astype(dtype), preferred_element_type=jnp.float32)
+  new_cache = None if cache is None else Cache(k=kc, v=vc, index=cache.index + t)
+  return logits.astype(jnp.float32), new_cache
+
+
+# ----------------------------------------------------------------------------- functional API
+
+
+@functools.lru_cache(maxsize=None)
+def _graphdef(config: ModelConfig) -> nnx.GraphDef:
+  """The (static) module structure for a config, built abstractly once."""
+  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  return nnx.split(abstract)[0]
+
+
+def abstract_params(config: ModelConfig) -> nnx.State:
+  """Params as `jax.ShapeDtypeStruct`s (with metadata): nothing is allocated."""
+  return nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))[1]
+
+
+def init_params(config: ModelConfig, seed: int = 0) -> nnx.State:
+  """Randomly initialised params (`nnx.State`, as `nnx.split(model)` returns them)."""
+  return nnx.split(Transformer(config, rngs=nnx.Rngs(seed)))[1]
+
+
+def apply(config: ModelConfig, params: nnx.State, tokens: Array, positions: Array,
+          cache: Cache | None = None, attn_mask: Array | None = None
+          ) -> tuple[Array, Cache | None]:
+  """Functional `Transformer.__call__`; jit it with `config` static (it is hashable)."""
+  model = nnx.merge(_graphdef(config), params)
+  return model(tokens, positions, cache, attn_mask)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_jit(config: ModelConfig, params: nnx.State, input_ids: Array) -> Array:
+  b, t = input_ids.shape
+  positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  return apply(config, params, input_ids, positions)[0]
+
+
+def forward(config: ModelConfig, params: nnx.State, input_ids: Any) -> Array:
+  """Logits `[B, T, V]` float32 for unpadded int `input_ids` `[B, T]` (positions 0..T-1)."""
+  input_ids = jnp.asarray(input_ids, jnp.int32)
+  if input_ids.ndim != 2:
+    raise ValueError(f"forward: input_ids must be [batch, seq], got shape {input_ids.shape}")
+  return _forward_jit(config, params, input_ids)
+
+
+def param_logical_axes(config: ModelConfig) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]:
+  """(param path like 'layers/q_proj', logical axis names, shape) for every parameter."""
+  out = []
+  for path, var in nnx.to_flat_state(abstract_params(config)):
+    axes = tuple(var.get_metadata().get("out_sharding") or ())
+    out.append(("/".join(str(p) for p in path), axes, tuple(var.get_value().shape)))
+  return out

@@ -106,8 +106,8 @@ class ParsedStep:
 _TAG_RE = re.compile(r"<\s*(/?)\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*>")
 # "Memory 3:", "Memory 3 :", "memory 3 -", "Memory #3", "[Memory 3]"; group 1 = the index token.
 _INDEX_RE = re.compile(
-    r"^\s*\[?\s*memory\s*#?\s*([+\-]?\w*)\s*\]?\s*(?:[:\-\u2013\u2014.,)]\s*)?", re.IGNORECASE)
-_BOX_RE = re.compile(r"\\+boxed\s*\{")
+    r"^\[?\s*memory\s*#?\s*([+\-]?\w*)\s*\]?\s*(?:[:\-\u2013\u2014.,)]\s*)?", re.IGNORECASE)
+_BOX_RE = re.compile(r"\\boxed\s*\{")  # no quantifier on "\\": stays linear on "\\\\\\..."
 _CONTEXT = 40
 
 
@@ -145,13 +145,13 @@ def _strip_think(text: str, errors: list[ParseError]) -> list[tuple[int, str]]:
 
 def _parse_index(content: str) -> tuple[int | None, str, ErrorKind | None]:
   """Splits "Memory i: text" into (i, text, error)."""
-  m = _INDEX_RE.match(content)
+  m = _INDEX_RE.match(content.lstrip())
   if m is None:
     return None, content.strip(), ErrorKind.MISSING_INDEX
   token = m.group(1)
   if not token.isdigit() or not token.isascii() or int(token) < 1:
     return None, content.strip(), ErrorKind.MALFORMED_INDEX
-  return int(token), content[m.end():].strip(), None
+  return int(token), content.lstrip()[m.end():].strip(), None
 
 
 def _parse_answer(content: str) -> tuple[str, ErrorKind | None]:
@@ -244,11 +244,14 @@ def parse(text: str, max_chars: int | None = DEFAULT_MAX_CHARS) -> ParsedStep:
   """Parses one model response. Never raises; problems are returned in `.errors`.
 
   Args:
-    text: the raw response (any string; non-strings are treated as their `str()`).
+    text: the raw response (any string; bytes are decoded as UTF-8 with replacement,
+      anything else is parsed as its `str()`).
     max_chars: longest accepted tag content (None = unlimited); longer content is dropped
       with an OVER_LENGTH error rather than truncated.
   """
-  if not isinstance(text, str):
+  if isinstance(text, (bytes, bytearray)):
+    text = bytes(text).decode("utf-8", errors="replace")
+  elif not isinstance(text, str):
     text = str(text)
   errors: list[ParseError] = []
   ops: list[Op] = []

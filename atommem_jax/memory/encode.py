@@ -37,7 +37,8 @@ def encode_ops(steps: Sequence[protocol.ParsedStep], table: TextTable, embed_fn:
     dropped[r] = max(0, len(ops) - max_ops)
     for m, op in enumerate(ops[:max_ops]):
       kind[r, m] = state_lib.KIND_CODES[op.kind]
-      index[r, m] = op.id if op.id is not None else 0
+      # Any index beyond int32 is out of range anyway: clip, and apply reports BAD_INDEX.
+      index[r, m] = min(op.id, np.iinfo(np.int32).max) if op.id is not None else 0
       if op.kind != protocol.DELETE:
         text[r, m] = table.add(op.text)
       if op.kind in (protocol.CREATE, protocol.UPDATE, protocol.READ):

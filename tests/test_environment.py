@@ -54,6 +54,14 @@ def test_reading_advances_only_on_create_update_or_tagless(kinds, advances):
   assert c2.calls == 1 and c2.phase == env.READING
 
 
+def test_every_step_rule_always_advances():
+  c = env.new_cursor(2, 1, env.EnvConfig(max_calls=10, advance="every_step"))
+  c, ev = env.step(c, S("scratchpad"), advance_rule="every_step")
+  assert ev.advanced and c.chunk == 1
+  with pytest.raises(ValueError, match="advance"):
+    env.EnvConfig(advance="sometimes")
+
+
 def test_query_times_count_per_section_and_reset_on_advance():
   c = env.new_cursor(2, 1, env.EnvConfig(max_calls=10))
   c, _ = env.step(c, S("read"))

@@ -34,16 +34,20 @@ class EnvConfig:
   overlap: int = 100  # tokens shown again on each side of a section
   max_calls: int = 41  # model calls per episode (paper: 41); 0 = automatic
   max_query_times: int = 3  # query changes per question in the answering phase
-  top_k: int = 6  # entries shown for the current query
+  # "atommem": official rule (advance on create/update or a tagless turn); "every_step":
+  # every reading turn advances (static workflows, MemAgent-style overwrite memory).
+  advance: str = "atommem"
 
   def __post_init__(self):
     if self.chunk_size <= 0:
       raise ValueError(f"EnvConfig.chunk_size must be positive, got {self.chunk_size}")
     if not 0 <= self.overlap < self.chunk_size:
       raise ValueError(f"EnvConfig.overlap must be in [0, chunk_size), got {self.overlap}")
-    if self.max_calls < 0 or self.max_query_times < 0 or self.top_k <= 0:
-      raise ValueError("EnvConfig.max_calls and max_query_times must be >= 0, top_k > 0; got "
-                       f"{self.max_calls}, {self.max_query_times}, {self.top_k}")
+    if self.max_calls < 0 or self.max_query_times < 0:
+      raise ValueError("EnvConfig.max_calls and max_query_times must be >= 0, got "
+                       f"{self.max_calls}, {self.max_query_times}")
+    if self.advance not in ("atommem", "every_step"):
+      raise ValueError(f"EnvConfig.advance must be 'atommem' or 'every_step', got {self.advance!r}")
 
   def call_budget(self, num_chunks: int, num_questions: int) -> int:
     """The model-call cap; automatic = every section twice + every allowed query + answers."""
@@ -127,7 +131,8 @@ class StepEvents:
   premature_answer: bool = False  # <final_answer> while still reading (ignored)
 
 
-def step(cursor: Cursor, parsed, max_query_times: int = 3) -> tuple[Cursor, StepEvents]:
+def step(cursor: Cursor, parsed, max_query_times: int = 3, advance_rule: str = "atommem"
+         ) -> tuple[Cursor, StepEvents]:
   """Advances the episode after one parsed response (`agent.protocol.ParsedStep`)."""
   phase = cursor.phase
   if phase == DONE:
@@ -137,7 +142,8 @@ def step(cursor: Cursor, parsed, max_query_times: int = 3) -> tuple[Cursor, Step
   has_answer = parsed.answer is not None
   if phase == READING:
     tagless = not kinds and not has_answer
-    advance = tagless or any(k in ("create", "update") for k in kinds)
+    advance = (advance_rule == "every_step" or tagless
+               or any(k in ("create", "update") for k in kinds))
     n_queries = kinds.count("read")
     if advance:
       c = dataclasses.replace(c, chunk=c.chunk + 1, query_times=0)

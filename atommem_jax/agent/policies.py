@@ -1,0 +1,325 @@
+"""Policies on the one environment, so every comparison is like for like.
+
+  atommem       the learned (or prompted) AtomMem policy: all CRUD ops, official prompts
+  memagent      MemAgent-style overwrite memory: a scratchpad rewritten every section, no
+                long-term store; answers from the scratchpad
+  rag           static retrieval: every section stored verbatim, one query (the question),
+                answer once from the top-k sections
+  static_summary  static workflow: the model summarises each section into a new entry,
+                the question is the query at the end, answer from the top-k summaries
+  oracle        scripted policy for synthetic tasks (see `atommem_jax.agent.oracle`)
+The static workflows differ from AtomMem only in who decides the memory operations: a
+fixed script instead of the policy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from atommem_jax.agent import environment as env_lib
+from atommem_jax.agent import protocol
+from atommem_jax.agent.prompts import PromptSet, load_template
+from atommem_jax.agent.rollout import Action, Observation
+from atommem_jax.agent.trajectory import StepRecord, Trajectory
+
+_ANSWER_STOP = ("</final_answer>",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  temperature: float = 0.0  # 0 = greedy
+  top_k: int | None = None
+  top_p: float | None = None
+  max_new_tokens: int = 256  # reading turns
+  max_answer_tokens: int = 64  # answering turns
+  max_prompt_tokens: int = 8192  # longer prompts keep their head and tail (counted)
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+    if self.max_new_tokens <= 0 or self.max_answer_tokens <= 0 or self.max_prompt_tokens <= 0:
+      raise ValueError("SamplingConfig token budgets must be positive")
+    if self.top_p is not None and not 0 < self.top_p <= 1:
+      raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+
+
+def _bucket(n: int) -> int:
+  """Batch sizes are padded to powers of two so a handful of compiled shapes serve all."""
+  return 1 << max(0, (n - 1).bit_length())
+
+
+class LMClient:
+  """Chat-templated batched completion with the jitted sampler; keeps ids and log-probs."""
+
+  def __init__(self, model_config, params, tokenizer, sampling: SamplingConfig = SamplingConfig(),
+               seed: int = 0):
+    self.model_config = model_config
+    self.params = params
+    self.tokenizer = tokenizer
+    self.sampling = sampling
+    self.seed = seed
+    self.calls = 0
+    self.truncated_prompts = 0
+    self.max_prompt_len = 0
+    eos = tokenizer.eos_token_id
+    self.stop_ids = tuple(sorted({i for i in (eos, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+                                  if isinstance(i, int) and i >= 0}))
+
+  def encode_chat(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+    text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    cap = self.sampling.max_prompt_tokens
+    if len(ids) > cap:
+      self.truncated_prompts += 1
+      ids = ids[: cap // 2] + ids[len(ids) - (cap - cap // 2):]
+    self.max_prompt_len = max(self.max_prompt_len, len(ids))
+    return text, ids
+
+  def complete(self, chats: Sequence[list[dict[str, str]]], max_new_tokens: int,
+               stop_strings: Sequence[str] = ()) -> list[Action]:
+    from atommem_jax.models.sampler import generate  # the model stack loads only when used
+
+    if not chats:
+      return []
+    encoded = [self.encode_chat(m) for m in chats]
+    prompts = [ids for _, ids in encoded]
+    n = len(prompts)
+    prompts += [prompts[0]] * (_bucket(n) - n)  # pad the batch; outputs of pads are dropped
+    s = self.sampling
+    out = generate(self.model_config, self.params, prompts, max_new_tokens=max_new_tokens,
+                   temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                   stop_token_ids=self.stop_ids, stop_strings=tuple(stop_strings),
+                   tokenizer=self.tokenizer, seed=self.seed + self.calls)
+    self.calls += 1
+    tokens, lengths, logprobs = (np.asarray(out.tokens), np.asarray(out.lengths),
+                                 np.asarray(out.logprobs))
+    actions = []
+    for r, (text, ids) in enumerate(encoded):
+      resp = tokens[r, : lengths[r]].tolist()
+      actions.append(Action(
+          text=self.tokenizer.decode(resp, skip_special_tokens=True), prompt_text=text,
+          prompt_ids=list(ids), response_ids=resp, logprobs=logprobs[r, : lengths[r]].tolist()))
+    return actions
+
+
+class _LLMPolicyBase:
+  """Groups observations by turn kind and makes one batched model call per group."""
+
+  name = "llm"
+  advance_rule = "atommem"
+
+  def __init__(self, lm: LMClient):
+    self.lm = lm
+
+  def _script(self, o: Observation) -> str | None:
+    """A scripted response for this observation, or None to ask the model."""
+    return None
+
+  def _chat(self, o: Observation) -> tuple[list[dict[str, str]], str]:
+    """(chat messages, turn kind) for a model call; kind is "reading" or "answering"."""
+    raise NotImplementedError
+
+  def _wrap(self, o: Observation, action: Action) -> Action:
+    """Post-processes the model's response (static workflows turn it into ops)."""
+    return action
+
+  def act(self, observations: Sequence[Observation]) -> list[Action]:
+    out: list[Action | None] = [None] * len(observations)
+    groups: dict[str, list[tuple[int, list[dict[str, str]]]]] = {}
+    for j, o in enumerate(observations):
+      scripted = self._script(o)
+      if scripted is not None:
+        out[j] = Action(text=scripted, scripted=True)
+        continue
+      chat, kind = self._chat(o)
+      groups.setdefault(kind, []).append((j, chat))
+    s = self.lm.sampling
+    for kind, items in groups.items():
+      budget = s.max_new_tokens if kind == env_lib.READING else s.max_answer_tokens
+      stops = () if kind == env_lib.READING else _ANSWER_STOP
+      acts = self.lm.complete([c for _, c in items], budget, stops)
+      for (j, _), a in zip(items, acts):
+        out[j] = self._wrap(observations[j], a)
+    return out  # type: ignore[return-value]
+
+
+def _clip(text: str, n: int) -> str:
+  return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _questions_block(o: Observation) -> str:
+  return "\n".join(f"{i + 1}. {q}" for i, q in enumerate(o.episode.questions))
+
+
+class AtomMemPolicy(_LLMPolicyBase):
+  """The AtomMem agent: the model chooses every memory operation."""
+
+  name = "atommem"
+
+  def __init__(self, lm: LMClient, prompts: PromptSet | None = None, max_memory_chars: int = 1000):
+    super().__init__(lm)
+    self.prompts = prompts or PromptSet.load()
+    self.max_memory_chars = max_memory_chars  # bounds each entry / the scratchpad in a prompt
+
+  def _chat(self, o: Observation):
+    clip = lambda t: _clip(t, self.max_memory_chars)
+    common = dict(scratchpad=clip(o.scratchpad) or "(empty)", query=o.query or "No query set yet.",
+                  memories=protocol.format_memories([clip(m) for m in o.memories]),
+                  query_times=o.query_times)
+    if o.phase == env_lib.READING:
+      return self.prompts.messages("step", dict(common, questions=_questions_block(o),
+                                                chunk=o.chunk)), env_lib.READING
+    return self.prompts.messages("final", dict(
+        common, question=o.episode.questions[o.question_index],
+        max_query_times=o.max_query_times)), env_lib.ANSWERING
+
+
+class _AnswerFromContext(_LLMPolicyBase):
+  """Shared answering turn of the baselines: one question, a context, a boxed answer."""
+
+  def __init__(self, lm: LMClient, answer_template: str = "answer.txt"):
+    super().__init__(lm)
+    self.answer = load_template(answer_template, "answer")
+
+  def _answer_chat(self, o: Observation, context: str):
+    user = self.answer.substitute(question=o.episode.questions[o.question_index],
+                                  context=context or "(nothing)")
+    return [{"role": "user", "content": user}], env_lib.ANSWERING
+
+
+class MemAgentPolicy(_AnswerFromContext):
+  """Overwrite memory: rewrite the scratchpad every section; answer from it alone."""
+
+  name = "memagent"
+  advance_rule = "every_step"
+
+  def __init__(self, lm: LMClient, system: str = "memagent_system.txt",
+               step: str = "memagent_step.txt", answer_template: str = "answer.txt"):
+    super().__init__(lm, answer_template)
+    self.system = load_template(system, "system")
+    self.step = load_template(step, "step")
+
+  def _chat(self, o: Observation):
+    if o.phase == env_lib.READING:
+      user = self.step.substitute(questions=_questions_block(o), scratchpad=o.scratchpad or "(empty)",
+                                  chunk=o.chunk)
+      return ([{"role": "system", "content": self.system.substitute()},
+               {"role": "user", "content": user}], env_lib.READING)
+    return self._answer_chat(o, o.scratchpad)
+
+  def _wrap(self, o: Observation, action: Action) -> Action:
+    if o.phase != env_lib.READING:
+      return action
+    parsed = protocol.parse(action.text)
+    notes = next((op.text for op in parsed.ops if op.kind == protocol.SCRATCHPAD), None)
+    if notes is None:  # the model ignored the tag: its whole reply is the new memory
+      notes = parsed.free_text.strip() or o.scratchpad
+    if notes:
+      action.text = protocol.render([protocol.Op(protocol.SCRATCHPAD, notes)], max_chars=None)
+    return action
+
+
+class _RetrieveThenAnswer(_AnswerFromContext):
+  """Answering phase of the static workflows: query = the question, then answer once."""
+
+  advance_rule = "every_step"
+
+  def _script(self, o: Observation) -> str | None:
+    if o.phase == env_lib.ANSWERING:
+      question = o.episode.questions[o.question_index]
+      if o.query != question:
+        return protocol.render([protocol.Op(protocol.READ, question)], max_chars=None)
+    return self._read_script(o)
+
+  def _read_script(self, o: Observation) -> str | None:
+    return None
+
+  def _reading_chat(self, o: Observation):
+    raise NotImplementedError(f"{type(self).__name__} scripts every reading turn")
+
+  def _chat(self, o: Observation):
+    if o.phase == env_lib.ANSWERING:
+      return self._answer_chat(o, "\n\n".join(o.memories))
+    return self._reading_chat(o)
+
+
+class RAGPolicy(_RetrieveThenAnswer):
+  """Every section is stored verbatim; the model is called once per question."""
+
+  name = "rag"
+  max_op_chars = None  # whole sections are stored
+
+  def _read_script(self, o: Observation) -> str | None:
+    if o.phase != env_lib.READING:
+      return None
+    text = o.chunk.strip() or "(empty section)"
+    return protocol.render([protocol.Op(protocol.CREATE, text)], max_chars=None)
+
+
+class StaticSummaryPolicy(_RetrieveThenAnswer):
+  """The model summarises each section into a new entry; no other memory decisions."""
+
+  name = "static_summary"
+
+  def __init__(self, lm: LMClient, answer_template: str = "answer.txt"):
+    super().__init__(lm, answer_template)
+
+  def _reading_chat(self, o: Observation):
+    user = ("Questions:\n" + _questions_block(o) + "\n\nSection of a document:\n" + o.chunk +
+            "\n\nWrite short notes with every fact from this section that may help answer the "
+            "questions (names, dates, places, relations). Notes only.")
+    return [{"role": "user", "content": user}], env_lib.READING
+
+  def _wrap(self, o: Observation, action: Action) -> Action:
+    if o.phase != env_lib.READING:
+      return action
+    notes = protocol.parse(action.text).free_text.strip() or action.text.strip() or "(no notes)"
+    notes = notes.replace("<", "(").replace(">", ")")  # a note is content, never a tag
+    action.text = protocol.render([protocol.Op(protocol.CREATE, notes)], max_chars=None)
+    return action
+
+
+def full_context(lm: LMClient, episodes: Sequence[env_lib.Episode], score_fn=None,
+                 max_context_tokens: int | None = None, answer_template: str = "answer.txt"
+                 ) -> list[Trajectory]:
+  """The no-memory baseline: the whole document in one prompt, cut to the model window.
+
+  The middle of an over-long document is dropped (head and tail kept), as the official
+  data pipeline's center truncation does.
+  """
+  template = load_template(answer_template, "answer")
+  cap = max_context_tokens or max(256, lm.sampling.max_prompt_tokens - 512)
+  chats, owners = [], []
+  for e in episodes:
+    ids = lm.tokenizer(e.document, add_special_tokens=False)["input_ids"]
+    if len(ids) > cap:
+      ids = ids[: cap // 2] + ids[len(ids) - (cap - cap // 2):]
+    doc = lm.tokenizer.decode(ids, skip_special_tokens=True)
+    for qi, q in enumerate(e.questions):
+      chats.append([{"role": "user", "content": template.substitute(question=q, context=doc)}])
+      owners.append((e, qi))
+  actions = lm.complete(chats, lm.sampling.max_answer_tokens, _ANSWER_STOP) if chats else []
+  out, k = [], 0
+  for e in episodes:
+    steps, answers = [], []
+    for qi in range(len(e.questions)):
+      a = actions[k]
+      k += 1
+      parsed = protocol.parse(a.text)
+      answers.append(parsed.answer)
+      steps.append(StepRecord(index=qi, phase=env_lib.ANSWERING, chunk=0, question=qi,
+                              prompt_text=a.prompt_text, response_text=a.text,
+                              prompt_ids=a.prompt_ids, response_ids=a.response_ids,
+                              response_logprobs=a.logprobs, answer=parsed.answer,
+                              parse_errors=[str(x) for x in parsed.errors]))
+    scores = {}
+    if score_fn is not None:
+      per_q = [score_fn(a or "", g) for a, g in zip(answers, e.golds)]
+      scores = {m: float(np.mean([s[m] for s in per_q])) for m in per_q[0]}
+    out.append(Trajectory(episode_id=e.episode_id, method="full_context",
+                          questions=list(e.questions), golds=[list(g) for g in e.golds],
+                          answers=answers, steps=steps, scores=scores,
+                          op_counts={"steps": len(steps)}, meta=dict(e.meta)))
+  return out

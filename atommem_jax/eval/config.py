@@ -1,0 +1,88 @@
+"""Checks an eval config before any compute: a bad config fails in milliseconds, by name."""
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+LLM_METHODS = ("atommem", "memagent", "rag", "static_summary", "full_context")
+SCRIPTED_METHODS = ("oracle", "scratchpad_only", "create_all_read_once")  # synthetic tasks only
+DATASETS = ("hotpotqa", "2wiki", "musique", "synthetic")
+EMBEDDERS = ("minilm", "hashing", "policy")
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+def methods(c: ml_collections.ConfigDict) -> list[str]:
+  return [m.strip() for m in str(c.methods).split(",") if m.strip()]
+
+
+def lengths(c: ml_collections.ConfigDict) -> list[int]:
+  try:
+    out = [int(x) for x in str(c.data.num_docs).split(",") if x.strip()]
+  except ValueError:
+    raise ConfigError(f"data.num_docs must be comma-separated integers, got {c.data.num_docs!r}") from None
+  if not out or min(out) <= 0:
+    raise ConfigError(f"data.num_docs must list positive integers, got {c.data.num_docs!r}")
+  return out
+
+
+def data_dir(c: ml_collections.ConfigDict) -> pathlib.Path:
+  return pathlib.Path(c.data.data_dir) if c.data.data_dir else REPO_ROOT.parent / "shared" / "data"
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad key."""
+  ms = methods(c)
+  if not ms:
+    raise ConfigError("methods is empty")
+  for m in ms:
+    if m not in LLM_METHODS + SCRIPTED_METHODS:
+      raise ConfigError(f"methods: unknown method {m!r}; known: {LLM_METHODS + SCRIPTED_METHODS}")
+  if c.data.dataset not in DATASETS:
+    raise ConfigError(f"data.dataset must be one of {DATASETS}, got {c.data.dataset!r}")
+  if c.data.dataset != "synthetic" and (bad := [m for m in ms if m in SCRIPTED_METHODS]):
+    raise ConfigError(f"methods {bad} are scripted for synthetic tasks only "
+                      f"(data.dataset={c.data.dataset!r})")
+  lengths(c)
+  src = str(c.model.source)
+  needs_model = any(m in LLM_METHODS for m in ms) or c.embedder == "policy"
+  if src == "none":
+    if needs_model:
+      raise ConfigError("model.source='none' but methods/embedder need a policy model")
+  elif src in ("smollm2", "tiny"):
+    pass
+  elif src.startswith(("hf:", "gguf:")):
+    path = pathlib.Path(src.split(":", 1)[1])
+    if not path.exists():
+      raise ConfigError(f"model.source: {path} does not exist")
+  else:
+    raise ConfigError(f"model.source must be smollm2, tiny, none, hf:<dir> or gguf:<file>, got {src!r}")
+  if c.model.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"model.dtype must be float32 or bfloat16, got {c.model.dtype!r}")
+  if c.embedder not in EMBEDDERS:
+    raise ConfigError(f"embedder must be one of {EMBEDDERS}, got {c.embedder!r}")
+  if c.data.dataset != "synthetic" and not data_dir(c).is_dir():
+    raise ConfigError(f"data.data_dir: {data_dir(c)} is not a directory")
+  s = c.sampling
+  if s.temperature < 0:
+    raise ConfigError(f"sampling.temperature must be >= 0, got {s.temperature}")
+  if not 0 < s.top_p <= 1:
+    raise ConfigError(f"sampling.top_p must be in (0, 1], got {s.top_p}")
+  for k in ("max_new_tokens", "max_answer_tokens", "max_prompt_tokens", "batch_size"):
+    if s[k] <= 0:
+      raise ConfigError(f"sampling.{k} must be positive, got {s[k]}")
+  if c.group_size <= 0:
+    raise ConfigError(f"group_size must be positive, got {c.group_size}")
+  if c.group_size > 1 and s.temperature == 0:
+    raise ConfigError("group_size > 1 with sampling.temperature=0 gives identical samples")
+  if c.max_examples < 0:
+    raise ConfigError(f"max_examples must be >= 0, got {c.max_examples}")
+  if c.memory.top_k > c.memory.capacity:
+    raise ConfigError(f"memory.top_k ({c.memory.top_k}) exceeds memory.capacity ({c.memory.capacity})")
+  if c.env.chunk_size <= 0 or not 0 <= c.env.overlap < c.env.chunk_size:
+    raise ConfigError(f"env.chunk_size must be positive and env.overlap in [0, chunk_size); got "
+                      f"{c.env.chunk_size}, {c.env.overlap}")

@@ -1,0 +1,1 @@
+"""ml_collections experiment configs (`--config=configs/<name>.py --config.key=value`)."""

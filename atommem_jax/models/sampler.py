@@ -414,8 +414,9 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
       stop_ids=_stop_id_array(stop_token_ids), stop_tables=stop_tables, stop_lens=stop_lens)
   state = _prefill(config, params, jnp.asarray(tokens), pad, jax.random.key(seed),
                    max_new_tokens=max_new_tokens, opts=opts, pad_id=pad_id, **common)
-  state = _decode(config, params, state, pad, jnp.asarray(lens), opts=opts, pad_id=pad_id,
-                  **common)
+  if max_new_tokens > 1:  # the first token came from the prefill logits
+    state = _decode(config, params, state, pad, jnp.asarray(lens), opts=opts, pad_id=pad_id,
+                    **common)
   out_tokens, out_lens, out_logprobs = jax.device_get((state.tokens, state.lengths, state.logprobs))
   return GenerationOutput(tokens=np.asarray(out_tokens), lengths=np.asarray(out_lens),
                           logprobs=np.asarray(out_logprobs))

@@ -65,6 +65,9 @@ class Episode:
   golds: tuple[tuple[str, ...], ...]  # accepted answers (aliases) per question
   document: str
   meta: dict = dataclasses.field(default_factory=dict, compare=False)
+  # Pre-cut sections (synthetic tasks are designed section by section); empty = cut the
+  # document into token windows of EnvConfig.chunk_size.
+  sections: tuple[str, ...] = ()
 
   def __post_init__(self):
     if not self.questions:

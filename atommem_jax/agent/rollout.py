@@ -122,6 +122,11 @@ class RolloutEngine:
     self._apply = _apply_fn(config.memory)
 
   def sections(self, episode: env_lib.Episode) -> list[str]:
+    if episode.sections:
+      return list(episode.sections)
+    if self.tokenizer is None:
+      raise ValueError(f"episode {episode.episode_id!r} has no pre-cut sections and the engine "
+                       "has no tokenizer to cut its document")
     ids = self.tokenizer(episode.document, add_special_tokens=False)["input_ids"]
     return env_lib.split_document(ids, self.tokenizer, self.config.env)
 

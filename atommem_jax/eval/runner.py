@@ -1,0 +1,192 @@
+"""The evaluation runner: build model, embedder, data and policies from a config; run; report.
+
+Side effects live here (loading checkpoints, reading data, writing files); the pieces it
+wires together (rollout engine, policies, metrics, reports) are pure or nearly so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Callable
+
+import ml_collections
+import numpy as np
+
+from atommem_jax.agent import environment as env_lib
+from atommem_jax.agent import policies as pol
+from atommem_jax.agent import protocol
+from atommem_jax.agent.rollout import RolloutConfig, RolloutEngine
+from atommem_jax.agent.trajectory import Trajectory, write_jsonl
+from atommem_jax.eval import config as cfg_lib
+from atommem_jax.eval import episodes as episodes_lib
+from atommem_jax.eval import report
+from atommem_jax.eval import viewer
+from atommem_jax.memory import state as mem_lib
+
+
+@dataclasses.dataclass
+class Model:
+  config: object  # ModelConfig
+  params: object
+  tokenizer: object
+
+
+def build_model(c: ml_collections.ConfigDict, work_dir: pathlib.Path) -> Model | None:
+  """Loads the policy named by `model.source` (None when no method needs one)."""
+  import jax.numpy as jnp
+
+  from atommem_jax.models import config as model_config
+  from atommem_jax.models import tokenizer as tok_lib
+
+  src = str(c.model.source)
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[c.model.dtype]
+  if src == "none":
+    return None
+  if src == "tiny":
+    from atommem_jax.models.transformer import init_params
+
+    tok = tok_lib.load_tokenizer(c.model.tokenizer or tok_lib.build_test_tokenizer(work_dir / "tokenizer"))
+    mc = model_config.tiny("qwen3", vocab_size=max(512, len(tok)), eos_token_id=tok.eos_token_id,
+                           max_position_embeddings=8192)
+    return Model(mc, init_params(mc, seed=c.seed), tok)
+  if src == "smollm2" or src.startswith("gguf:"):
+    from atommem_jax.models.gguf_io import from_gguf
+
+    path = tok_lib.smollm2_gguf_path() if src == "smollm2" else pathlib.Path(src[5:])
+    mc, params = from_gguf(path, dtype=dtype)
+    tok = tok_lib.load_tokenizer(c.model.tokenizer or path)
+    return Model(mc, params, tok)
+  from atommem_jax.models.hf_io import from_pretrained
+
+  path = pathlib.Path(src[3:])
+  mc, params = from_pretrained(path, dtype=dtype)
+  return Model(mc, params, tok_lib.load_tokenizer(c.model.tokenizer or path))
+
+
+def build_embedder(c: ml_collections.ConfigDict, model: Model | None
+                   ) -> tuple[Callable[[list[str]], np.ndarray], int]:
+  """(embed_fn, dim) for memory entries and queries."""
+  from atommem_jax.memory import embedder as emb_lib
+
+  if c.embedder == "hashing":
+    e = emb_lib.HashingEmbedder()
+  elif c.embedder == "minilm":
+    e = emb_lib.MiniLMEmbedder()
+  else:
+    e = emb_lib.PolicyEmbedder(model.config, model.params, model.tokenizer)
+  return e.embed, e.dim
+
+
+def make_policy(method: str, model: Model | None, c: ml_collections.ConfigDict, seed: int):
+  if method in cfg_lib.SCRIPTED_METHODS:
+    from atommem_jax.agent import oracle
+
+    return oracle.make_scripted_policy(method)
+  s = c.sampling
+  sampling = pol.SamplingConfig(temperature=s.temperature, top_k=s.top_k or None,
+                                top_p=s.top_p if s.top_p < 1 else None,
+                                max_new_tokens=s.max_new_tokens, max_answer_tokens=s.max_answer_tokens,
+                                max_prompt_tokens=s.max_prompt_tokens)
+  lm = pol.LMClient(model.config, model.params, model.tokenizer, sampling, seed=seed)
+  if method == "atommem":
+    return pol.AtomMemPolicy(lm, max_memory_chars=c.max_memory_chars)
+  if method == "memagent":
+    return pol.MemAgentPolicy(lm)
+  if method == "rag":
+    return pol.RAGPolicy(lm)
+  if method == "static_summary":
+    return pol.StaticSummaryPolicy(lm)
+  return lm  # full_context runs on the client directly
+
+
+def rollout_config(c: ml_collections.ConfigDict, method: str, dim: int) -> RolloutConfig:
+  allowed = protocol.OP_KINDS
+  if method in ("memagent", "scratchpad_only"):
+    allowed = (protocol.SCRATCHPAD,)
+  return RolloutConfig(
+      env=env_lib.EnvConfig(chunk_size=c.env.chunk_size, overlap=c.env.overlap,
+                            max_calls=c.env.max_calls, max_query_times=c.env.max_query_times),
+      memory=mem_lib.MemoryConfig(capacity=c.memory.capacity, dim=dim, top_k=c.memory.top_k,
+                                  overflow=c.memory.overflow, delete_mode=c.memory.delete_mode),
+      max_ops=c.memory.max_ops, allowed_ops=allowed)
+
+
+def _print_steps(t: Trajectory, echo: Callable[[str], None]) -> None:
+  echo(f"  [{t.method}] {t.episode_id}: {len(t.steps)} calls")
+  for s in t.steps:
+    ops = ", ".join(f"{o['kind']}{'' if o['id'] is None else ' #' + str(o['id'])}"
+                    + (f"({o['text'][:40]!r})" if o['text'] else "") for o in s.ops)
+    where = f"sec {s.chunk + 1}" if s.phase == env_lib.READING else f"Q{s.question + 1}"
+    extra = f" -> answer {s.answer!r}" if s.answer is not None else ""
+    errs = f"  !{len(s.parse_errors) + len(s.op_errors)} errors" if s.parse_errors or s.op_errors else ""
+    echo(f"    step {s.index + 1:2d} {where:7s} {ops or '(no ops)'}{extra}{errs}")
+  echo(f"    questions: {t.questions}\n    answers:   {t.answers}\n    gold:      {t.golds}")
+
+
+def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> dict:
+  """Runs every method on every length; writes results.json, summary.md, plots, JSONL, HTML."""
+  from tqdm.auto import tqdm
+
+  from atommem_jax.data import metrics
+
+  cfg_lib.validate(c)
+  out = pathlib.Path(c.output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "config.json").write_text(c.to_json_best_effort(indent=2))
+  t0 = time.perf_counter()
+  model = build_model(c, out)
+  embed_fn, dim = build_embedder(c, model)
+  echo(f"[setup] model={c.model.source} embedder={c.embedder} ({time.perf_counter() - t0:.1f}s)")
+  tokenizer = model.tokenizer if model else None
+  runs: dict[str, dict[str, list[Trajectory]]] = {}
+  timings: dict[str, float] = {}
+  prompt_lens: dict[str, int] = {}
+  for length in cfg_lib.lengths(c):
+    eps = episodes_lib.load(c, length, tokenizer)
+    echo(f"[data] {c.data.dataset} length={length}: {len(eps)} episodes, "
+         f"{np.mean([len(e.document) for e in eps]):.0f} chars on average")
+    for method in cfg_lib.methods(c):
+      policy = make_policy(method, model, c, c.seed)
+      start = time.perf_counter()
+      trajs: list[Trajectory] = []
+      bs = c.sampling.batch_size
+      bar = tqdm(total=len(eps), desc=f"{method}@{length}", unit="ep", leave=False)
+      for k in range(0, len(eps), bs):
+        batch = eps[k:k + bs]
+        if method == "full_context":
+          trajs += pol.full_context(policy, batch, metrics.score_all)
+        else:
+          eng = RolloutEngine(rollout_config(c, method, dim), tokenizer,
+                              embed_fn, metrics.score_all)
+          trajs += eng.run(batch, policy, group_size=c.group_size)
+        bar.update(len(batch))
+      bar.close()
+      timings[f"{method}@{length}"] = time.perf_counter() - start
+      lm = policy if isinstance(policy, pol.LMClient) else getattr(policy, "lm", None)
+      if lm is not None:
+        prompt_lens[method] = max(prompt_lens.get(method, 0), lm.max_prompt_len)
+      runs.setdefault(method, {})[str(length)] = trajs
+      if c.get("verbose", False):
+        for t in trajs[:3]:
+          _print_steps(t, echo)
+      sc = report._score_block(trajs)
+      echo(f"[{method}@{length}] EM={sc['exact_match']:.3f} F1={sc['f1']:.3f} "
+           f"sub-EM={sc['sub_em']:.3f} n={sc['n']} ({timings[f'{method}@{length}']:.1f}s)")
+  results = report.aggregate(runs)
+  for method in results:
+    results[method]["seconds"] = sum(v for k, v in timings.items() if k.startswith(method + "@"))
+    if method in prompt_lens:
+      results[method]["longest_prompt_tokens"] = prompt_lens[method]
+  x_label = "sections per document" if c.data.dataset == "synthetic" else "documents per context"
+  paths = report.write_reports(results, out, x_label)
+  all_trajs = list(report.flatten(runs))
+  jsonl = write_jsonl(out / "trajectories.jsonl", all_trajs)
+  html = out / "trajectories.html"
+  html.write_text(viewer.render_html(all_trajs[: c.viewer_episodes], title=f"atommem-jax · {out.name}"))
+  echo("\n" + report.summary_table(results))
+  echo(f"\n[done] {paths['results']}  {paths['summary']}  {paths['scores_png']}  {paths['ops_png']}"
+       f"  {jsonl}  {html}")
+  return results

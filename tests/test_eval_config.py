@@ -1,0 +1,47 @@
+"""Eval configs: the shipped ones validate; bad values fail before any compute, by name."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from atommem_jax.eval import config as cfg_lib
+
+
+@pytest.mark.parametrize("name", ["default", "eval_oracle_synthetic", "tiny_test"])
+def test_shipped_configs_validate(name):
+  c = importlib.import_module(f"configs.{name}").get_config()
+  cfg_lib.validate(c)
+  assert cfg_lib.methods(c) and cfg_lib.lengths(c)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("methods", "atommem,telepathy", "unknown method 'telepathy'"),
+    ("methods", "oracle", "synthetic tasks only"),
+    ("data.dataset", "squad", "data.dataset"),
+    ("data.num_docs", "50,lots", "data.num_docs"),
+    ("model.source", "hf:/does/not/exist", "does not exist"),
+    ("model.source", "mystery", "model.source"),
+    ("embedder", "tfidf", "embedder"),
+    ("sampling.top_p", 0.0, "top_p"),
+    ("sampling.max_new_tokens", 0, "max_new_tokens"),
+    ("memory.top_k", 1000, "exceeds memory.capacity"),
+    ("env.overlap", 5000, "env.overlap"),
+    ("group_size", 4, "identical samples"),
+])
+def test_bad_values_are_named(key, value, match):
+  c = importlib.import_module("configs.default").get_config()
+  node, leaf = c, key
+  if "." in key:
+    head, leaf = key.split(".")
+    node = c[head]
+  node[leaf] = value
+  with pytest.raises(cfg_lib.ConfigError, match=match):
+    cfg_lib.validate(c)
+
+
+def test_model_none_needs_scripted_methods_only():
+  c = importlib.import_module("configs.eval_oracle_synthetic").get_config()
+  c.methods = "oracle,atommem"
+  with pytest.raises(cfg_lib.ConfigError, match="need a policy model"):
+    cfg_lib.validate(c)

@@ -36,15 +36,15 @@ class Model:
 
 def build_model(c: ml_collections.ConfigDict, work_dir: pathlib.Path) -> Model | None:
   """Loads the policy named by `model.source` (None when no method needs one)."""
+  src = str(c.model.source)
+  if src == "none":
+    return None
   import jax.numpy as jnp
 
   from atommem_jax.models import config as model_config
   from atommem_jax.models import tokenizer as tok_lib
 
-  src = str(c.model.source)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[c.model.dtype]
-  if src == "none":
-    return None
   if src == "tiny":
     from atommem_jax.models.transformer import init_params
 

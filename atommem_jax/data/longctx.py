@@ -160,38 +160,46 @@ def _sample_num_docs(own: list[int], n_corpus: int, num_docs: int, rng: random.R
 def _fill_tokens(own: list[int], corpus: Sequence[str], config: LongDocConfig, rng: random.Random,
                  tokenizer: tok_lib.TokenizerLike, doc_tokens: dict[int, int],
                  shuffle_seed: int) -> tuple[list[int], int]:
-  """Own docs + sampled distractors whose rendered context is within tolerance of the target."""
+  """Own docs + sampled distractors whose rendered context is within tolerance of the target.
+
+  Whole documents only, so the band (2 * tolerance * target tokens) should exceed a typical
+  document (HotpotQA paragraphs: ~150 tokens; a 2% band is 320 tokens at 8K); a target too
+  small for the band raises instead of returning a context outside it.
+  """
   target = config.target_tokens
   lo, hi = target * (1 - config.tolerance), target * (1 + config.tolerance)
 
   def cost(i: int) -> int:
-    if i not in doc_tokens:  # document + its "Document N:" header and separator (~6 tokens)
-      doc_tokens[i] = tok_lib.count(tokenizer, corpus[i]) + 6
+    if i not in doc_tokens:  # the document with a header and separator, as rendered
+      doc_tokens[i] = tok_lib.count(tokenizer, f"Document 1:\n{corpus[i]}\n\n")
     return doc_tokens[i]
 
   own_set = set(own)
   rest = [i for i in range(len(corpus)) if i not in own_set]
   order = rng.sample(rest, min(len(rest), target // 8 + 64))
-  chosen = list(own)
-  total = sum(cost(i) for i in own)
-  if total > hi:
+  own_total = sum(cost(i) for i in own)
+  if own_total > hi:
     raise ValueError(f"target_tokens={target}: the question's own paragraphs alone take "
-                     f"~{total} tokens")
-  mid = (lo + hi) / 2
-  for i in order:  # greedy fill towards the middle of the band, skipping docs that overshoot
-    if total >= mid:
-      break
-    c = cost(i)
-    if total + c <= mid + (hi - mid) / 2:
-      chosen.append(i)
-      total += c
-  docs = list(chosen)
-  random.Random(shuffle_seed).shuffle(docs)
-  n = tok_lib.count(tokenizer, render_context([corpus[i] for i in docs]))
-  if not lo <= n <= hi:
-    raise ValueError(f"target_tokens={target}: could only reach {n} tokens within "
-                     f"+-{config.tolerance:.0%} from a corpus of {len(corpus)} documents")
-  return docs, n
+                     f"~{own_total} tokens")
+  goal = (lo + hi) / 2
+  n = -1
+  for _ in range(8):  # per-document costs are estimates: correct the goal by the exact miss
+    chosen, total = list(own), own_total
+    g_lo, g_hi = goal - 0.4 * (hi - lo), goal + 0.4 * (hi - lo)
+    for i in order:  # greedy fill into [g_lo, g_hi], skipping documents that overshoot it
+      if total >= g_lo:
+        break
+      if total + cost(i) <= g_hi:
+        chosen.append(i)
+        total += cost(i)
+    docs = list(chosen)
+    random.Random(shuffle_seed).shuffle(docs)
+    n = tok_lib.count(tokenizer, render_context([corpus[i] for i in docs]))
+    if lo <= n <= hi:
+      return docs, n
+    goal -= n - (lo + hi) / 2
+  raise ValueError(f"target_tokens={target}: could only reach {n} tokens within "
+                   f"+-{config.tolerance:.0%} from a corpus of {len(corpus)} documents")
 
 
 def _groups(n_records: int, config: LongDocConfig) -> Iterator[list[int]]:

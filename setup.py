@@ -22,6 +22,7 @@ setup(
         "scann>=1.4.2,<1.5",
         "tensorflow-datasets>=4.9.10,<4.10",
         "array_record>=0.8",
+        "importlib_resources>=6",  # tfds 4.9.10 needs it to locate builder code (not declared)
         "ml-collections>=1.0",
         "safetensors>=0.4",
         "tokenizers>=0.21",

@@ -10,7 +10,7 @@ from atommem_jax.eval import viewer
 def _traj() -> Trajectory:
   steps = [
       StepRecord(index=0, phase="reading", chunk=0, question=0,
-                 prompt_text="Questions...\nNext section of the document:\nAlice was born in <Paris>.",
+                 prompt_text="Questions...", section="Alice was born in <Paris>.",
                  response_text="<add_memory>Alice born in Paris</add_memory>",
                  prompt_ids=[1, 2, 3], response_ids=[4, 5], response_logprobs=[-0.1, -0.2],
                  ops=[{"kind": "create", "text": "Alice born in Paris", "id": None}],

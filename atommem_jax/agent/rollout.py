@@ -233,7 +233,7 @@ class RolloutEngine:
     ev_dict["scripted"] = a.scripted
     return StepRecord(
         index=index, phase=o.phase, chunk=o.chunk_index, question=o.question_index,
-        prompt_text=a.prompt_text, response_text=a.text, prompt_ids=list(a.prompt_ids),
+        prompt_text=a.prompt_text, response_text=a.text, section=o.chunk, prompt_ids=list(a.prompt_ids),
         response_ids=list(a.response_ids), response_logprobs=[float(x) for x in a.logprobs],
         ops=[{"kind": op.kind, "text": op.text, "id": op.id} for op in parsed.ops],
         op_errors=op_errors, parse_errors=[str(e) for e in parsed.errors] + extra_errors,

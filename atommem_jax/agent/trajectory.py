@@ -21,6 +21,7 @@ class StepRecord:
   question: int  # question being answered in the answering phase
   prompt_text: str
   response_text: str
+  section: str = ""  # the document section shown (reading phase)
   prompt_ids: list[int] = dataclasses.field(default_factory=list)
   response_ids: list[int] = dataclasses.field(default_factory=list)
   response_logprobs: list[float] = dataclasses.field(default_factory=list)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import html
 import pathlib
-import re
 from typing import Iterable
 
 from atommem_jax.agent.trajectory import StepRecord, Trajectory, read_jsonl
@@ -39,12 +38,6 @@ def _e(s) -> str:
   return html.escape("" if s is None else str(s))
 
 
-def _chunk_of(prompt: str) -> str:
-  """The document section inside a rendered prompt (after the template's last header)."""
-  m = re.search(r"Next section of the document:\n(.*)", prompt, flags=re.S)
-  return m.group(1) if m else ""
-
-
 def _step_html(s: StepRecord) -> str:
   ops = "".join(
       f'<span class="op {_e(o.get("kind"))}">{_e(o.get("kind"))}'
@@ -57,11 +50,11 @@ def _step_html(s: StepRecord) -> str:
   shown = "\n".join(f"Memory {i + 1}: {m}" for i, m in enumerate(s.shown_memories)) or "(none)"
   after = "\n".join(f"- {m}" for m in s.memory_after) or "(empty)"
   where = (f"section {s.chunk + 1}" if s.phase == "reading" else f"answering question {s.question + 1}")
-  section = _chunk_of(s.prompt_text)
+  section = s.section if s.phase == "reading" else "(answering phase: no section)"
   events = ", ".join(f"{k}={v}" for k, v in s.events.items() if v not in (None, False))
   return f"""<div class="step" id="s{s.index}">
 <h3>Step {s.index + 1} · {_e(where)} <span class="meta">{_e(events)}</span></h3>
-<div><div class="lbl">section read</div><div class="box">{_e(section) or "(answering phase: no section)"}</div>
+<div><div class="lbl">section read</div><div class="box">{_e(section) or "(empty section)"}</div>
 <div class="lbl">memories shown (Memory i)</div><div class="box">{_e(shown)}</div>
 <details><summary class="lbl">full prompt ({len(s.prompt_ids)} tokens)</summary><div class="box">{_e(s.prompt_text)}</div></details></div>
 <div><div class="lbl">response ({len(s.response_ids)} tokens)</div><div class="box">{_e(s.response_text)}</div>

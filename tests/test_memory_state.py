@@ -196,3 +196,51 @@ def test_jit_vmap_apply_over_64_states_equals_per_state_loop():
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x[r]), np.asarray(y)),
                  states, per_state[r])
   assert S.counters(states)["creates"].sum() > 0 and S.counters(states)["err_bad_index"].sum() > 0
+
+
+def test_disabled_ops_are_exact_no_ops():
+  s = S.init_state(cfg())
+  s, _, _ = S.create(s, 0, onehot(0))
+  s = S.set_query(s, 1, onehot(0))
+  s, _, _ = S.read(s)
+  off = jnp.asarray(False)
+  for f in (lambda t: S.create(t, 5, onehot(1), enabled=off)[::2],
+            lambda t: S.create(t, 5, onehot(1), overflow="evict_oldest", enabled=off)[::2],
+            lambda t: S.update(t, 1, 5, onehot(1), enabled=off),
+            lambda t: S.update(t, 9, 5, onehot(1), enabled=off),  # would be BAD_INDEX
+            lambda t: S.delete(t, 1, enabled=off), lambda t: S.delete(t, 1, "blank", enabled=off),
+            lambda t: (S.set_query(t, 5, onehot(1), enabled=off), S.OK),
+            lambda t: (S.set_scratchpad(t, 5, enabled=off), S.OK)):
+    new, status = f(s)
+    assert int(status) == S.OK
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new, s)
+
+
+@pytest.mark.parametrize("overflow,delete_mode", [("error", "remove"), ("evict_oldest", "blank")])
+def test_apply_equals_sequential_primitives(overflow, delete_mode):
+  """apply defers embedding writes to one scatter (last write to a row wins): same result."""
+  c = S.MemoryConfig(capacity=4, dim=D, top_k=3, overflow=overflow, delete_mode=delete_mode)
+  rng = np.random.default_rng(1)
+  fast = jax.jit(functools.partial(S.apply, config=c))
+  prims = {S.CREATE: jax.jit(lambda s, i, t, e: S.create(s, t, e, overflow)[::2]),
+           S.UPDATE: jax.jit(lambda s, i, t, e: S.update(s, i, t, e)),
+           S.DELETE: jax.jit(lambda s, i, t, e: S.delete(s, i, delete_mode)),
+           S.READ: jax.jit(lambda s, i, t, e: (S.set_query(s, t, e), jnp.int32(0))),
+           S.SCRATCHPAD: jax.jit(lambda s, i, t, e: (S.set_scratchpad(s, t), jnp.int32(0)))}
+  s_fast = s_ref = S.init_state(c)
+  for _ in range(6):
+    ops = jax.tree.map(lambda x: x[0], _random_ops(rng, 1, 10, D))
+    ops = ops.replace(index=np.asarray(rng.integers(1, 3, 10), np.int32))  # frequent repeats
+    s_fast, status = fast(s_fast, ops)
+    statuses = []
+    for kind, i, t, e in zip(ops.kind, ops.index, ops.text, ops.embedding):
+      if kind == S.NOOP:
+        statuses.append(0)
+        continue
+      s_ref, st = prims[int(kind)](s_ref, i, t, e)
+      statuses.append(int(st))
+    s_ref = S._bump(s_ref, S.C_ERR_TOO_MANY_OPS, ops.dropped)
+    s_ref, _, _ = S.read(s_ref)
+    assert np.asarray(status).tolist() == statuses
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 s_fast, s_ref)

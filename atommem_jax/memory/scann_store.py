@@ -62,6 +62,7 @@ class AnnConfig:
   reorder: int = 200  # candidates re-scored in float before the final top-k
   training_sample: int = 100_000
   num_threads: int = 0  # 0 = ScaNN default
+  parallel_search: bool = True  # batched queries on ScaNN's thread pool
 
   def __post_init__(self):
     if self.ann_threshold < 1 or self.rebuild_growth <= 1.0 or self.reorder < 1:
@@ -80,7 +81,9 @@ class _Rows:
   def add(self, texts: Sequence[str], vecs: np.ndarray) -> int:
     start, m = self.n, len(texts)
     if start + m > len(self.vecs):
-      grown = np.zeros((max(start + m, 2 * len(self.vecs), 16), self.vecs.shape[1]), np.float32)
+      # Grow by 1.25x (not 2x): at 1e6 x 384 floats a doubling would briefly cost 3 GB.
+      grown = np.zeros((max(start + m, int(1.25 * len(self.vecs)), 16), self.vecs.shape[1]),
+                       np.float32)
       grown[:start] = self.vecs[:start]
       self.vecs = grown
     self.vecs[start:start + m] = vecs
@@ -105,7 +108,7 @@ class _Cache:
   def _reserve(self, m: int) -> None:
     need = self.n + m
     if need > len(self.ids):
-      cap = max(need, 2 * len(self.ids), 16)
+      cap = max(need, int(1.25 * len(self.ids)), 16)
       for name in ("ids", "rows", "mat"):
         old = getattr(self, name)
         new = np.zeros((cap,) + old.shape[1:], old.dtype)
@@ -293,6 +296,12 @@ class ScannStore:
   def _cache(self) -> _Cache:
     return self._s.sync(self._v)
 
+  def sync(self) -> "ScannStore":
+    """Brings the shared index to this version now (else the next read does it lazily)."""
+    with self._s.lock:
+      self._cache()
+    return self
+
   def _vecs(self, embeddings, m: int) -> np.ndarray:
     vecs = np.asarray(embeddings, np.float32).reshape(m, -1)
     if vecs.shape[1] != self.dim:
@@ -378,7 +387,9 @@ class ScannStore:
         cand_ids = np.broadcast_to(cache.ids[:n], (len(q), n))  # [Q, n]
         cand_scores = q @ cache.mat[:n].T  # [Q, n]
       else:
-        found, _ = cache.searcher.search_batched(q, final_num_neighbors=min(k, n))
+        search = (cache.searcher.search_batched_parallel if self._s.ann.parallel_search
+                  else cache.searcher.search_batched)
+        found, _ = search(q, final_num_neighbors=min(k, n))
         width = max(len(f) for f in found)
         cand_ids = np.full((len(q), width), -1, np.int64)
         for i, f in enumerate(found):

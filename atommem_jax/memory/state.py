@@ -152,6 +152,19 @@ def _count_status(state: MemoryState, status: jax.Array) -> MemoryState:
       (status != OK).astype(jnp.int32)))
 
 
+def _put(arr: jax.Array, slot: jax.Array, value, write: jax.Array) -> jax.Array:
+  """`arr[slot] = value` if `write` else unchanged: O(row) work, even under vmap.
+
+  (`jnp.where(write, arr.at[slot].set(v), arr)` would select over the whole [C, D] array.)
+  """
+  value = jnp.asarray(value, arr.dtype)
+  return arr.at[slot].set(jnp.where(write, value, arr[slot]))
+
+
+def _on(enabled) -> jax.Array:
+  return jnp.asarray(True if enabled is None else enabled, bool)
+
+
 def _slot_of(state: MemoryState, entry_id: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(slot, status) of a stable id: BAD_INDEX if never issued, NOT_ALIVE if deleted."""
   entry_id = jnp.asarray(entry_id, jnp.int32)
@@ -171,78 +184,93 @@ def resolve_index(state: MemoryState, index: jax.Array) -> tuple[jax.Array, jax.
   return entry_id, jnp.where(entry_id >= 0, OK, BAD_INDEX).astype(jnp.int32)
 
 
-def create(state: MemoryState, text: jax.Array, embedding: jax.Array,
-           overflow: Overflow = "error") -> tuple[MemoryState, jax.Array, jax.Array]:
-  """Adds an entry. Returns (state, new id or -1, status)."""
+# Every op takes `enabled` (a bool, default True): when False it is an exact no-op
+# (status OK, nothing counted). `apply` runs all op kinds gated by the op's kind, which
+# under vmap costs a few row writes, where a `lax.switch` would become a select over
+# whole-state copies of every branch.
+
+
+def _create_slot(state: MemoryState, overflow: Overflow) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(slot a create writes, whether it may, whether a free slot exists)."""
   free = ~state.alive  # [C]
   has_free = free.any()
   if overflow == "evict_oldest":
     oldest = jnp.argmin(jnp.where(state.alive, state.entry_id, jnp.iinfo(jnp.int32).max))
-    slot = jnp.where(has_free, jnp.argmax(free), oldest)
-    ok = jnp.asarray(True)
-  else:
-    slot, ok = jnp.argmax(free), has_free
+    return jnp.where(has_free, jnp.argmax(free), oldest), jnp.asarray(True), has_free
+  return jnp.argmax(free), has_free, has_free
+
+
+def create(state: MemoryState, text: jax.Array, embedding: jax.Array,
+           overflow: Overflow = "error", enabled=None) -> tuple[MemoryState, jax.Array, jax.Array]:
+  """Adds an entry. Returns (state, new id or -1, status)."""
+  on = _on(enabled)
+  slot, fits, has_free = _create_slot(state, overflow)
+  ok = on & fits
   new_id = state.next_id
-  put = lambda arr, val: jnp.where(ok, arr.at[slot].set(val), arr)
   new = state.replace(
-      text=put(state.text, jnp.asarray(text, jnp.int32)),
-      embedding=put(state.embedding, jnp.asarray(embedding, jnp.float32)),
-      alive=put(state.alive, True), entry_id=put(state.entry_id, new_id),
+      text=_put(state.text, slot, text, ok), embedding=_put(state.embedding, slot, embedding, ok),
+      alive=_put(state.alive, slot, True, ok), entry_id=_put(state.entry_id, slot, new_id, ok),
       next_id=state.next_id + ok.astype(jnp.int32))
   new = _bump(new, C_CREATES, ok)
   new = _bump(new, C_EVICTIONS, ok & ~has_free)
-  status = jnp.where(ok, OK, OVERFLOW).astype(jnp.int32)
+  status = jnp.where(on & ~fits, OVERFLOW, OK).astype(jnp.int32)
   return _count_status(new, status), jnp.where(ok, new_id, -1), status
 
 
 def update_id(state: MemoryState, entry_id: jax.Array, text: jax.Array,
-              embedding: jax.Array) -> tuple[MemoryState, jax.Array]:
+              embedding: jax.Array, enabled=None) -> tuple[MemoryState, jax.Array]:
   """Replaces the text and embedding of the entry with stable id `entry_id`."""
+  on = _on(enabled)
   slot, status = _slot_of(state, entry_id)
-  ok = status == OK
-  new = state.replace(
-      text=jnp.where(ok, state.text.at[slot].set(jnp.asarray(text, jnp.int32)), state.text),
-      embedding=jnp.where(ok, state.embedding.at[slot].set(jnp.asarray(embedding, jnp.float32)),
-                          state.embedding))
+  status = jnp.where(on, status, OK)
+  ok = on & (status == OK)
+  new = state.replace(text=_put(state.text, slot, text, ok),
+                      embedding=_put(state.embedding, slot, embedding, ok))
   return _count_status(_bump(new, C_UPDATES, ok), status), status
 
 
-def delete_id(state: MemoryState, entry_id: jax.Array,
-              delete_mode: DeleteMode = "remove") -> tuple[MemoryState, jax.Array]:
+def delete_id(state: MemoryState, entry_id: jax.Array, delete_mode: DeleteMode = "remove",
+              enabled=None) -> tuple[MemoryState, jax.Array]:
   """Deletes the entry with stable id `entry_id` ("blank": official empty-entry semantics)."""
+  on = _on(enabled)
   slot, status = _slot_of(state, entry_id)
-  ok = status == OK
+  status = jnp.where(on, status, OK)
+  ok = on & (status == OK)
   if delete_mode == "blank":
-    new = state.replace(
-        text=jnp.where(ok, state.text.at[slot].set(-1), state.text),
-        embedding=jnp.where(ok, state.embedding.at[slot].set(0.0), state.embedding))
+    new = state.replace(text=_put(state.text, slot, -1, ok),
+                        embedding=_put(state.embedding, slot, 0.0, ok))
   else:
-    new = state.replace(alive=jnp.where(ok, state.alive.at[slot].set(False), state.alive))
+    new = state.replace(alive=_put(state.alive, slot, False, ok))
   return _count_status(_bump(new, C_DELETES, ok), status), status
 
 
-def update(state: MemoryState, index: jax.Array, text: jax.Array, embedding: jax.Array
-           ) -> tuple[MemoryState, jax.Array]:
+def update(state: MemoryState, index: jax.Array, text: jax.Array, embedding: jax.Array,
+           enabled=None) -> tuple[MemoryState, jax.Array]:
   """`<modify_memory>Memory index: ...`: updates the entry the last prompt showed there."""
   # An unresolvable index gives id -1, which update_id reports (and counts) as BAD_INDEX.
-  return update_id(state, resolve_index(state, index)[0], text, embedding)
+  return update_id(state, resolve_index(state, index)[0], text, embedding, enabled)
 
 
-def delete(state: MemoryState, index: jax.Array, delete_mode: DeleteMode = "remove"
-           ) -> tuple[MemoryState, jax.Array]:
+def delete(state: MemoryState, index: jax.Array, delete_mode: DeleteMode = "remove",
+           enabled=None) -> tuple[MemoryState, jax.Array]:
   """`<delete_memory>Memory index`: deletes the entry the last prompt showed there."""
-  return delete_id(state, resolve_index(state, index)[0], delete_mode)
+  return delete_id(state, resolve_index(state, index)[0], delete_mode, enabled)
 
 
-def set_scratchpad(state: MemoryState, text: jax.Array) -> MemoryState:
-  return _bump(state.replace(scratchpad=jnp.asarray(text, jnp.int32)), C_SCRATCHPADS)
+def set_scratchpad(state: MemoryState, text: jax.Array, enabled=None) -> MemoryState:
+  on = _on(enabled)
+  return _bump(state.replace(scratchpad=jnp.where(on, jnp.asarray(text, jnp.int32),
+                                                  state.scratchpad)), C_SCRATCHPADS, on)
 
 
-def set_query(state: MemoryState, text: jax.Array, embedding: jax.Array) -> MemoryState:
+def set_query(state: MemoryState, text: jax.Array, embedding: jax.Array,
+              enabled=None) -> MemoryState:
   """`<update_query>`: sets the persistent query (results show from the next prompt on)."""
-  return _bump(state.replace(query=jnp.asarray(text, jnp.int32),
-                             query_embedding=jnp.asarray(embedding, jnp.float32),
-                             query_count=state.query_count + 1), C_READS)
+  on = _on(enabled)
+  return _bump(state.replace(
+      query=jnp.where(on, jnp.asarray(text, jnp.int32), state.query),
+      query_embedding=jnp.where(on, jnp.asarray(embedding, jnp.float32), state.query_embedding),
+      query_count=state.query_count + on.astype(jnp.int32)), C_READS, on)
 
 
 def search(state: MemoryState, query_embedding: jax.Array, k: int,
@@ -287,35 +315,51 @@ def next_question(state: MemoryState) -> MemoryState:
   return state.replace(question=state.question + 1, query_count=jnp.zeros_like(state.query_count))
 
 
-def _drop_id(result):
-  state, _, status = result
-  return state, status
-
-
 def apply(state: MemoryState, ops: OpBatch, config: MemoryConfig | None = None
           ) -> tuple[MemoryState, jax.Array]:
   """Applies one step's ops in order, then refreshes `shown_ids` for the next prompt.
 
   `Memory i` in every op resolves against the ids shown in the prompt the step answered
   (the `shown_ids` on entry), not against numbering changed by earlier ops of the step.
-  Returns (new state, status [M]). Jit with `config` static, e.g.
-  `jax.jit(jax.vmap(functools.partial(apply, config=cfg)))`.
+  Returns (new state, status [M]). Jit with `config` static and the state donated, e.g.
+  `jax.jit(jax.vmap(functools.partial(apply, config=cfg)), donate_argnums=0)`: donation
+  lets XLA write the few changed embedding rows in place; without it every call copies
+  the whole [B, C, D] embedding batch (the dominant cost at C=1024, D=384).
   """
   config = config or MemoryConfig(capacity=state.capacity, dim=state.embedding.shape[-1],
                                   top_k=state.shown_ids.shape[-1])
+  c = state.capacity
+  no_rows = jnp.zeros((c, 0), jnp.float32)
+
   def step(s: MemoryState, op):
     kind, index, text, emb = op
-    branches = [
-        lambda s: (s, jnp.asarray(OK, jnp.int32)),
-        lambda s: _drop_id(create(s, text, emb, config.overflow)),
-        lambda s: (set_query(s, text, emb), jnp.asarray(OK, jnp.int32)),
-        lambda s: update(s, index, text, emb),
-        lambda s: delete(s, index, config.delete_mode),
-        lambda s: (set_scratchpad(s, text), jnp.asarray(OK, jnp.int32)),
-    ]
-    return jax.lax.switch(kind, branches, s)
+    # Which embedding row this op writes (decided on the state before it), for later.
+    slot_c, fits, _ = _create_slot(s, config.overflow)
+    slot_u, st_u = _slot_of(s, resolve_index(s, index)[0])
+    found = st_u == OK
+    blank = config.delete_mode == "blank"
+    write = ((kind == CREATE) & fits) | ((kind == UPDATE) & found) | (
+        (kind == DELETE) & found & blank)
+    row = jnp.where(write, jnp.where(kind == CREATE, slot_c, slot_u), c)  # c = no write
+    value = jnp.where(kind == DELETE, 0.0, emb)  # [D]
+    # The ops themselves, on a state whose embedding has no columns (nothing big copied).
+    s = s.replace(embedding=no_rows)
+    s, _, st_create = create(s, text, emb[:0], config.overflow, enabled=kind == CREATE)
+    s, st_update = update(s, index, text, emb[:0], enabled=kind == UPDATE)
+    s, st_delete = delete(s, index, config.delete_mode, enabled=kind == DELETE)
+    s = set_query(s, text, emb, enabled=kind == READ)
+    s = set_scratchpad(s, text, enabled=kind == SCRATCHPAD)
+    return s, (st_create | st_update | st_delete, row, value)  # at most one status non-OK
 
-  state, status = jax.lax.scan(step, state, (ops.kind, ops.index, ops.text, ops.embedding))
+  embedding = state.embedding  # [C, D]
+  small, (status, rows, values) = jax.lax.scan(
+      step, state.replace(embedding=no_rows), (ops.kind, ops.index, ops.text, ops.embedding))
+  # All embedding writes of the step in one scatter; of several writes to a row the last wins.
+  m = rows.shape[0]
+  later = jnp.arange(m)[None, :] > jnp.arange(m)[:, None]  # [M, M]: column op is later
+  overwritten = ((rows[None, :] == rows[:, None]) & later & (rows[None, :] < c)).any(1)  # [M]
+  rows = jnp.where(overwritten, c, rows)
+  state = small.replace(embedding=embedding.at[rows].set(values, mode="drop"))
   state = _bump(state, C_ERR_TOO_MANY_OPS, ops.dropped)
   state, _, _ = read(state, config.similarity)
   return state, status

@@ -130,7 +130,8 @@ def test_bfloat16_checkpoint(tmp_path):
   assert np.max(np.abs(l16 - l32)) < 0.1 * np.max(np.abs(l32))
   # bf16 export keeps bf16 on disk and transformers reads it.
   hf_io.save_pretrained(config16, params16, tmp_path / "ours")
-  header, _ = hf_io._read_header(tmp_path / "ours" / "model.safetensors")  # pylint: disable=protected-access
+  header, _ = hf_io._read_header(  # pylint: disable=protected-access
+      tmp_path / "ours" / "model.safetensors")
   assert {v["dtype"] for v in header.values()} == {"BF16"}
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
   assert reloaded.model.embed_tokens.weight.dtype == torch.bfloat16
@@ -205,7 +206,8 @@ def test_params_from_hf_tensors_streams_a_generator():
       yield name, array
 
   back = hf_io.params_from_hf_tensors(config, gen())
-  assert len(consumed) == len(set(consumed)) == 2 + config.num_layers * 12  # embed, final norm (tied: no lm_head)
+  # embed + final norm (tied: no lm_head) + 12 per layer, each pulled exactly once
+  assert len(consumed) == len(set(consumed)) == 2 + config.num_layers * 12
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -229,3 +231,31 @@ def test_iter_safetensors_reads_bf16_bits(tmp_path):
   assert got["x"].dtype == ml_dtypes.bfloat16
   np.testing.assert_array_equal(got["x"].astype(np.float32), x.float().numpy())
   np.testing.assert_array_equal(got["y"], np.arange(4))
+
+
+def test_load_places_each_param_with_its_sharding(tmp_path):
+  """Logical axes -> mesh axes by a small rule table; every loaded param lands sharded."""
+  from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  config = tiny("qwen3", vocab_size=VOCAB, num_heads=4, num_kv_heads=2)
+  params = tr.init_params(config, seed=2)
+  hf_io.save_pretrained(config, params, tmp_path)
+  mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  rules = {"vocab": "tensor", "embed": "fsdp", "mlp": "tensor", "heads": "tensor",
+           "kv_heads": None, "head_dim": None, "layers": None}
+  specs = nnx.get_partition_spec(tr.abstract_params(config))
+  to_sharding = lambda spec: NamedSharding(mesh, PartitionSpec(*(rules[a] for a in spec)))  # noqa
+  shardings = jax.tree.map(to_sharding, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  _, loaded = hf_io.from_pretrained(tmp_path, shardings=shardings)
+  q = loaded["layers"]["q_proj"].get_value()
+  assert q.sharding.spec == PartitionSpec(None, "fsdp", "tensor", None)
+  assert loaded["embed"].get_value().sharding.spec == PartitionSpec("tensor", "fsdp")
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  ids = _ids((2, 5))
+  np.testing.assert_allclose(tr.forward(config, loaded, ids), tr.forward(config, params, ids),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="shardings have no entry"):
+    hf_io.params_from_hf_tensors(config, hf_io.params_to_hf_tensors(config, params),
+                                 shardings=nnx.State({"embed": shardings["embed"]}))

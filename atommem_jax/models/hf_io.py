@@ -214,16 +214,35 @@ def _np_dtype(dtype: Any) -> np.dtype:
   return d
 
 
+def _flat_shardings(shardings: nnx.State | None, paths: Iterable[tuple[str, ...]]
+                    ) -> dict[tuple[str, ...], jax.sharding.Sharding | None]:
+  """path -> Sharding from an nnx.State of shardings shaped like the params (or None)."""
+  if shardings is None:
+    return {path: None for path in paths}
+  flat = {}
+  for path, leaf in nnx.to_flat_state(shardings):
+    flat[path] = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+  missing = [p for p in paths if p not in flat]
+  if missing:
+    raise ValueError(f"shardings have no entry for {['/'.join(p) for p in missing]}")
+  return flat
+
+
 def params_from_hf_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]],
-                           dtype: Any = None) -> nnx.State:
+                           dtype: Any = None, shardings: nnx.State | None = None) -> nnx.State:
   """Params from HF-named tensors, consumed one at a time (see the module docstring).
 
+  shardings: optional nnx.State of `jax.sharding.Sharding` with the params' structure (e.g.
+  logical axes from `nnx.get_partition_spec(transformer.abstract_params(config))` mapped
+  through sharding rules); each parameter is `device_put` with its sharding as soon as it is
+  complete, so no device ever holds a whole unsharded checkpoint.
   Raises ValueError naming any unexpected, duplicated, mis-shaped or missing tensor.
   """
   np_dtype = _np_dtype(config.jnp_param_dtype if dtype is None else dtype)
   layout = _layout(config)
   abstract = transformer.abstract_params(config)
   flat = dict(nnx.to_flat_state(abstract))
+  placement = _flat_shardings(shardings, flat)
   shapes = {path: tuple(var.get_value().shape) for path, var in flat.items()}
   needed = {path: (config.num_layers if path[0] == "layers" else 1) for path in flat}
   buffers: dict[tuple[str, ...], np.ndarray] = {}
@@ -253,7 +272,10 @@ def params_from_hf_tensors(config: ModelConfig, tensors: Iterable[tuple[str, np.
       buf = None
     filled[entry.path] = filled.get(entry.path, 0) + 1
     if filled[entry.path] == needed[entry.path]:
-      done[entry.path] = jnp.asarray(buffers.pop(entry.path) if buf is None else buf)
+      host = buffers.pop(entry.path) if buf is None else buf
+      sharding = placement[entry.path]
+      done[entry.path] = jnp.asarray(host) if sharding is None else jax.device_put(host, sharding)
+      del host
     del array, value
   missing = sorted(set(layout) - seen)
   if missing:
@@ -327,9 +349,12 @@ def _checkpoint_files(path: Path) -> list[Path]:
   return files
 
 
-def from_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32
-                    ) -> tuple[ModelConfig, nnx.State]:
-  """(config, params) from a local HF directory; params and compute in `dtype`."""
+def from_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32,
+                    shardings: nnx.State | None = None) -> tuple[ModelConfig, nnx.State]:
+  """(config, params) from a local HF directory; params and compute in `dtype`.
+
+  Streams tensors one at a time (see `params_from_hf_tensors`, also for `shardings`).
+  """
   path = Path(path)
   cfg_file = path / "config.json"
   if not cfg_file.exists():
@@ -341,7 +366,7 @@ def from_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32
     for f in _checkpoint_files(path):
       yield from iter_safetensors(f)
 
-  return config, params_from_hf_tensors(config, tensors())
+  return config, params_from_hf_tensors(config, tensors(), shardings=shardings)
 
 
 def _write_shard(path: Path, entries: list[tuple[str, tuple[int, ...], np.dtype]],
@@ -351,7 +376,8 @@ def _write_shard(path: Path, entries: list[tuple[str, tuple[int, ...], np.dtype]
   offset = 0
   for name, shape, dt in entries:
     n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    header[name] = {"dtype": _NP_TO_ST[dt], "shape": list(shape), "data_offsets": [offset, offset + n]}
+    header[name] = {"dtype": _NP_TO_ST[dt], "shape": list(shape),
+                    "data_offsets": [offset, offset + n]}
     offset += n
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)

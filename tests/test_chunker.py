@@ -44,14 +44,14 @@ def _check(doc, tok, max_tokens, overlap):
   return chunks
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=_docs, max_tokens=st.integers(8, 80), overlap=st.integers(0, 6))
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_docs, max_tokens=st.integers(10, 80), overlap=st.integers(0, 6))  # budget >= 4 bytes
 def test_invariants_byte_tokenizer(doc, max_tokens, overlap):
   _check(doc, BYTE, max_tokens, overlap)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=_docs, max_tokens=st.integers(6, 40), overlap=st.integers(0, 4))
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_docs, max_tokens=st.integers(8, 40), overlap=st.integers(0, 4))
 def test_invariants_bpe_tokenizer(doc, max_tokens, overlap):
   _check(doc, bpe(), max_tokens, overlap)
 
@@ -105,3 +105,16 @@ def test_errors_and_edges():
   with pytest.raises(ValueError, match="single character"):
     chunker.chunk_document("日本", BYTE, 2)  # each character is 3 bytes
   assert chunker.chunk_texts("short", BYTE, 10) == ["short"]
+
+
+@pytest.mark.slow
+def test_random_fuzz_many_documents():
+  """Opt-in: 3,000 random documents over both tokenizers (found a BPE non-monotonicity bug)."""
+  import random
+  rng = random.Random(0)
+  words = ["the", "fox", "Document", "1:", "über", "a.", "end.", "!", "\n", "\n\n", " ", "日本",
+           "x" * 40, "Hello, world."]
+  for t in range(3000):
+    doc = " ".join(rng.choice(words) for _ in range(rng.randint(0, 150)))
+    max_tokens = rng.randint(10, 60)
+    _check(doc, bpe() if t % 2 else BYTE, max_tokens, rng.randint(0, 6))

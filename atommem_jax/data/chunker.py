@@ -69,7 +69,7 @@ def _longest_prefix(text: str, budget: int, count: _Counter) -> int:
     raise ValueError(f"chunker: a single character {text[:1]!r} needs more than {budget} tokens")
   if lo < len(text):
     ws = max(text.rfind(" ", 0, lo), text.rfind("\n", 0, lo))
-    if ws > 0:
+    if ws > 0 and count(text[:ws + 1]) <= budget:  # re-check: BPE counts are not monotone
       return ws + 1
   return lo
 
@@ -139,8 +139,9 @@ def chunk_document(document: str, tokenizer: tok_lib.TokenizerLike, max_tokens: 
     ov_start = start
     if overlap and start > 0:
       ov_start = start - _longest_suffix(document[prev_start:start], overlap, count)
-      while ov_start < start and count(document[ov_start:end]) > max_tokens:
-        ov_start += 1  # shrink the overlap until the whole chunk fits
+      while ov_start < start and (count(document[ov_start:end]) > max_tokens
+                                  or count(document[ov_start:start]) > overlap):
+        ov_start += 1  # shrink the overlap until it and the whole chunk fit
     text = document[ov_start:end]
     chunks.append(Chunk(text, ov_start, start, end, count(text)))
     prev_start = start
@@ -159,8 +160,12 @@ def _longest_suffix(text: str, budget: int, count: _Counter) -> int:
   if 0 < lo < len(text):
     start = len(text) - lo
     m = re.search(r"\s", text[start:])
-    if m and m.end() < lo:
-      return lo - m.end()  # begin the overlap after the first whitespace: whole words
+    # Begin after the first whitespace (whole words) if that still fits: BPE counts are not
+    # monotone in the suffix length ("the " can take more tokens than " the ").
+    if m and m.end() < lo and count(text[start + m.end():]) <= budget:
+      return lo - m.end()
+  if lo and count(text[len(text) - lo:]) > budget:
+    return 0
   return lo
 
 

@@ -215,3 +215,15 @@ def test_forward_rejects_non_2d_input():
   config = tiny("llama")
   with pytest.raises(ValueError, match="input_ids"):
     tr.forward(config, tr.init_params(config), jnp.arange(4))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_hidden_states_then_unembed_equals_logits(tied):
+  config = tiny("qwen3", tie_word_embeddings=tied)
+  params = _random_params(config)
+  ids = _ids((2, 5))
+  pos = jnp.broadcast_to(jnp.arange(5, dtype=jnp.int32), (2, 5))
+  hidden, cache = tr.hidden_states(config, params, ids, pos)
+  assert hidden.shape == (2, 5, config.hidden_size) and cache is None
+  np.testing.assert_allclose(tr.unembed(config, params, hidden), tr.forward(config, params, ids),
+                             atol=1e-5)

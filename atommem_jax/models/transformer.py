@@ -23,6 +23,8 @@ Public API (the model contract):
   init_params(config, seed=0) -> nnx.State
   apply(config, params, tokens, positions, cache=None, attn_mask=None) -> (logits, cache)
   forward(config, params, input_ids) -> logits
+  hidden_states(config, params, tokens, positions, cache=None, attn_mask=None) -> (hidden, cache)
+  unembed(config, params, hidden) -> logits
   param_logical_axes(config) -> [(path, axes, shape)]
 """
 from __future__ import annotations
@@ -187,8 +189,13 @@ def gqa_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm: Array,
              lm_head: Array | None, tokens: Array, positions: Array, cache: Cache | None,
-             attn_mask: Array | None) -> tuple[Array, Cache | None]:
-  """The pure forward pass over raw arrays (what `Transformer.__call__` and `apply` run)."""
+             attn_mask: Array | None, return_hidden: bool = False
+             ) -> tuple[Array, Cache | None]:
+  """The pure forward pass over raw arrays (what `Transformer.__call__` and `apply` run).
+
+  return_hidden: return the final-norm hidden states `[B, T, D]` (compute dtype) instead of
+  the logits (for embedders, and for chunked log-prob computation over large vocabularies).
+  """
   c = config
   dtype = c.jnp_dtype
   if tokens.ndim != 2 or positions.shape != tokens.shape:
@@ -257,11 +264,13 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
   layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
   (x, kc, vc), _ = jax.lax.scan(layer, (x, kc, vc), (lp, layer_ids))
   x = rms_norm(x, final_norm, c.rms_norm_eps)
+  new_cache = None if cache is None else Cache(k=kc, v=vc, index=cache.index + t)
+  if return_hidden:
+    return x, new_cache
   if lm_head is None:
     logits = jnp.einsum("btd,vd->btv", x, embed.astype(dtype), preferred_element_type=jnp.float32)
   else:
     logits = jnp.einsum("btd,dv->btv", x, lm_head.astype(dtype), preferred_element_type=jnp.float32)
-  new_cache = None if cache is None else Cache(k=kc, v=vc, index=cache.index + t)
   return logits.astype(jnp.float32), new_cache
 
 
@@ -291,6 +300,25 @@ def apply(config: ModelConfig, params: nnx.State, tokens: Array, positions: Arra
   """Functional `Transformer.__call__`; jit it with `config` static (it is hashable)."""
   model = nnx.merge(_graphdef(config), params)
   return model(tokens, positions, cache, attn_mask)
+
+
+def hidden_states(config: ModelConfig, params: nnx.State, tokens: Array, positions: Array,
+                  cache: Cache | None = None, attn_mask: Array | None = None
+                  ) -> tuple[Array, Cache | None]:
+  """As `apply`, but returns the final-norm hidden states `[B, T, D]` instead of logits."""
+  model = nnx.merge(_graphdef(config), params)
+  layer_params = {k: v[...] for k, v in vars(model.layers).items() if isinstance(v, nnx.Param)}
+  return _forward(config, model.embed[...], layer_params, model.final_norm[...], None, tokens,
+                  positions, cache, attn_mask, return_hidden=True)
+
+
+def unembed(config: ModelConfig, params: nnx.State, hidden: Array) -> Array:
+  """Float32 logits `[..., V]` from final hidden states `[..., D]` (tied or untied head)."""
+  if config.tie_word_embeddings:
+    w = params["embed"][...].astype(hidden.dtype)  # [V, D]
+    return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
+  w = params["lm_head"][...].astype(hidden.dtype)  # [D, V]
+  return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,7 +1,6 @@
 """Synthetic tasks: determinism, oracle replay through parse + MemoryState + stream, baselines."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest

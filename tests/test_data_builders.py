@@ -98,7 +98,23 @@ def test_synthetic_builder_round_trip(tmp_path):
 
 def test_builder_configs_cover_protocol():
   names = [c.name for c in builders.HotpotqaLong.BUILDER_CONFIGS]
-  assert names == [f"docs{n}" for n in longctx.NUM_DOCS_SETTINGS] + ["multi200"]
+  assert names == ([f"docs{n}" for n in longctx.NUM_DOCS_SETTINGS] + ["multi200"]
+                   + ["tokens8k", "tokens32k", "tokens128k"])
+
+
+def test_target_tokens_config(tmp_path):
+  raw_dir = tmp_path / "raw"
+  raw_dir.mkdir()
+  fx.write_json(raw_dir / "hotpot_dev_distractor_v1.json", fx.hotpot_records(30, per=5, sentences=2))
+  cfg = builders.LongQAConfig(name="tok3000", target_tokens=3000)
+  tok = fx.ByteTokenizer()  # 1 token per byte
+  ds = _prepare(builders.HotpotqaLong(config=cfg, data_dir=tmp_path / "a", raw_dir=raw_dir,
+                                      tokenizer=tok)).as_data_source("validation")
+  for i in range(len(ds)):
+    n = len(tok.encode(builders.decode_long_example(ds[i])["context"]))
+    assert abs(n - 3000) <= 60
+  with pytest.raises(ValueError, match="needs the builder's tokenizer"):
+    _prepare(builders.HotpotqaLong(config=cfg, data_dir=tmp_path / "b", raw_dir=raw_dir))
 
 
 @pytest.mark.slow

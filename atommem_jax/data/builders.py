@@ -42,6 +42,7 @@ class LongQAConfig(tfds.core.BuilderConfig):
   mode: str = "single"
   seed: int = 42
   per_example_seed: bool = False
+  target_tokens: int | None = None  # fill to a token budget (builder needs tokenizer=)
 
 
 def _long_configs() -> list[LongQAConfig]:
@@ -49,6 +50,9 @@ def _long_configs() -> list[LongQAConfig]:
                       num_docs=n) for n in longctx.NUM_DOCS_SETTINGS]
   out.append(LongQAConfig(name="multi200", num_docs=200, mode="multi",
                           description="AtomMem: 1-10 questions share a 200-document context"))
+  out += [LongQAConfig(name=f"tokens{k}k", target_tokens=k * 1024,
+                       description=f"filled to {k}K tokens (+-2%) of the given tokenizer")
+          for k in (8, 32, 128)]
   return out
 
 
@@ -69,7 +73,8 @@ class _LongQABuilder(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, raw_dir: str | os.PathLike | None = None,
                files: dict[str, str] | None = None,
-               extra_corpus: str | os.PathLike | None = None, **kwargs):
+               extra_corpus: str | os.PathLike | None = None, tokenizer: Any = None, **kwargs):
+    self._tokenizer = tokenizer  # anything with encode(); needed by target_tokens configs
     self._raw_dir = os.fspath(raw_dir) if raw_dir is not None else None
     self._files = dict(files) if files is not None else None
     self._extra_corpus = os.fspath(extra_corpus) if extra_corpus is not None else None
@@ -119,9 +124,15 @@ class _LongQABuilder(tfds.core.GeneratorBasedBuilder):
     subset = longctx.load_subset_file(subset_path) if os.path.isfile(subset_path) else None
     cfg = self.builder_config
     config = longctx.LongDocConfig(num_docs=cfg.num_docs, mode=cfg.mode, seed=cfg.seed,
-                                   per_example_seed=cfg.per_example_seed)
+                                   per_example_seed=cfg.per_example_seed,
+                                   target_tokens=cfg.target_tokens)
+    if cfg.target_tokens is not None and self._tokenizer is None:
+      raise ValueError(f"{self.name}/{cfg.name}: target_tokens={cfg.target_tokens} needs the "
+                       "builder's tokenizer= argument")
     corpus = longctx.build_corpus(records, extra)
-    for i, ex in enumerate(longctx.build_examples(records, config, corpus=corpus, subset=subset)):
+    examples = longctx.build_examples(records, config, corpus=corpus, subset=subset,
+                                      tokenizer=self._tokenizer if cfg.target_tokens else None)
+    for i, ex in enumerate(examples):
       yield f"{i:07d}", {
           "id": ex.id, "question_ids": list(ex.question_ids), "questions": list(ex.questions),
           "answers_json": _json_text([list(a) for a in ex.answers]),

@@ -83,33 +83,34 @@ def bench_store(n: int, args, centres: np.ndarray, rng: np.random.Generator) -> 
   store.search(q[:8], args.k)  # warm up
   t_store, (got, _) = timed(lambda: store.search(q, args.k), repeat=3)
   recall = float(np.mean([len(set(g) & set(w)) / args.k for g, w in zip(got, want)]))
-  # Single writes, each followed by an index sync (what the next read would pay).
+  # Single writes, each followed by an index sync (what the next read would pay). Median
+  # per op: the mean over a few ops would be dominated by one amortised buffer growth.
   ops = args.write_ops
   new = clustered(ops, args.dim, centres, args.noise, rng)
-  t0 = time.perf_counter()
-  s = store
-  created = []
+  s, created, t_create, t_update, t_delete = store, [], [], [], []
   for v in new:
+    t0 = time.perf_counter()
     s, i = s.create("", v)
     s.sync()
+    t_create.append(time.perf_counter() - t0)
     created.append(i)
-  t_create = (time.perf_counter() - t0) / ops
-  t0 = time.perf_counter()
   for i, v in zip(created, new[::-1]):
+    t0 = time.perf_counter()
     s = s.update(i, "", v).sync()
-  t_update = (time.perf_counter() - t0) / ops
-  t0 = time.perf_counter()
+    t_update.append(time.perf_counter() - t0)
   for i in created:
+    t0 = time.perf_counter()
     s = s.delete(i).sync()
-  t_delete = (time.perf_counter() - t0) / ops
+    t_delete.append(time.perf_counter() - t0)
+  t_create, t_update, t_delete = (float(np.median(t)) for t in (t_create, t_update, t_delete))
   return dict(n=n, mode="scann" if store.uses_ann else "exact", exact_ms=1e3 * t_exact,
               store_ms=1e3 * t_store, speedup=t_exact / t_store, recall=recall,
               build_s=t_build, create_us=1e6 * t_create, update_us=1e6 * t_update,
               delete_us=1e6 * t_delete)
 
 
-def bench_device(args) -> dict:
-  cfg = S.MemoryConfig(capacity=args.capacity, dim=args.dim, top_k=6)
+def bench_device(args, capacity: int) -> dict:
+  cfg = S.MemoryConfig(capacity=capacity, dim=args.dim, top_k=6)
   b, m, steps = 64, 8, args.device_steps
   rng = np.random.default_rng(1)
 
@@ -171,7 +172,7 @@ def main(argv=None) -> None:
   p.add_argument("--probe", type=float, default=0.03, help="fraction of tree leaves searched")
   p.add_argument("--reorder", type=int, default=200)
   p.add_argument("--write-ops", type=int, default=100)
-  p.add_argument("--capacity", type=int, default=1024, help="device MemoryState capacity")
+  p.add_argument("--capacity", default="64,256,1024", help="device MemoryState capacities")
   p.add_argument("--device-steps", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
@@ -185,16 +186,21 @@ def main(argv=None) -> None:
   head = (f"{'entries':>9} {'mode':>6} {'exact ms':>9} {'store ms':>9} {'speedup':>8} "
           f"{'recall@k':>8} {'build s':>8} {'create us':>10} {'update us':>10} {'delete us':>10}")
   print(head)
+  print(f"{'':>9} {'':>6} {'(batch)':>9} {'(batch)':>9} {'':>8} {'':>8} {'':>8} {'(p50/op)':>10} "
+        f"{'(p50/op)':>10} {'(p50/op)':>10}")
   for n in sizes:
     r = bench_store(n, args, centres, rng)
     print(f"{r['n']:>9} {r['mode']:>6} {r['exact_ms']:>9.1f} {r['store_ms']:>9.1f} "
           f"{r['speedup']:>7.1f}x {r['recall']:>8.4f} {r['build_s']:>8.2f} {r['create_us']:>10.0f} "
           f"{r['update_us']:>10.0f} {r['delete_us']:>10.0f}", flush=True)
     gc.collect()
-  d = bench_device(args)
-  print(f"\ndevice MemoryState apply (batch 64, 8 ops/step, C={args.capacity}, D={args.dim}): "
-        f"{d['vmapped_ops_s']:,.0f} ops/s jit(vmap) vs {d['loop_ops_s']:,.0f} ops/s per-state "
-        f"jit loop = {d['ratio']:.1f}x; {d['step_ms']:.2f} ms per batched step")
+  print(f"\ndevice MemoryState apply, batch 64, 8 ops/step, D={args.dim}, state donated "
+        f"(backend: {jax.default_backend()}):")
+  for capacity in [int(c) for c in args.capacity.split(",")]:
+    d = bench_device(args, capacity)
+    print(f"  C={capacity:>5}: {d['vmapped_ops_s']:>10,.0f} ops/s jit(vmap(apply)) vs "
+          f"{d['loop_ops_s']:>10,.0f} ops/s per-state jit loop = {d['ratio']:.1f}x; "
+          f"{d['step_ms']:.2f} ms per batched step", flush=True)
 
 
 if __name__ == "__main__":

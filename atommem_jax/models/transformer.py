@@ -21,7 +21,8 @@ Public API (the model contract):
   Transformer(config, *, rngs)(tokens, positions, cache=None, attn_mask=None) -> (logits, cache)
   init_cache(config, batch, max_len, dtype=None) -> Cache
   init_params(config, seed=0) -> nnx.State
-  apply(config, params, tokens, positions, cache=None, attn_mask=None) -> (logits, cache)
+  apply(config, params, tokens, positions, cache=None, attn_mask=None, *, remat=False)
+      -> (logits, cache)
   forward(config, params, input_ids) -> logits
   hidden_states(config, params, tokens, positions, cache=None, attn_mask=None) -> (hidden, cache)
   unembed(config, params, hidden) -> logits
@@ -136,18 +137,20 @@ class Transformer(nnx.Module):
       self.lm_head = p((c.hidden_size, c.vocab_size), ("embed", "vocab"), init="normal")
 
   def __call__(self, tokens: Array, positions: Array, cache: Cache | None = None,
-               attn_mask: Array | None = None) -> tuple[Array, Cache | None]:
+               attn_mask: Array | None = None, *, remat: bool = False
+               ) -> tuple[Array, Cache | None]:
     """Logits `[B, T, V]` float32 for int32 `tokens`/`positions` `[B, T]`.
 
     With a cache: writes K/V at slots `[index, index + T)`, attends over all S slots under
     `attn_mask` `[B, T, S]` (True = may attend; required, the caller owns padding and
     causality) and returns the cache advanced by T. Without: causal attention over the T
-    tokens, AND-ed with `attn_mask` `[B, T, T]` if given.
+    tokens, AND-ed with `attn_mask` `[B, T, T]` if given. remat: recompute each layer's
+    activations in the backward pass (`jax.checkpoint` on the scanned layer) for training.
     """
     layer_params = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
     lm_head = None if self.config.tie_word_embeddings else self.lm_head[...]
     return _forward(self.config, self.embed[...], layer_params, self.final_norm[...], lm_head,
-                    tokens, positions, cache, attn_mask)
+                    tokens, positions, cache, attn_mask, remat=remat)
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -189,7 +192,7 @@ def gqa_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm: Array,
              lm_head: Array | None, tokens: Array, positions: Array, cache: Cache | None,
-             attn_mask: Array | None, return_hidden: bool = False
+             attn_mask: Array | None, return_hidden: bool = False, remat: bool = False
              ) -> tuple[Array, Cache | None]:
   """The pure forward pass over raw arrays (what `Transformer.__call__` and `apply` run).
 
@@ -262,6 +265,8 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
   kc = None if cache is None else cache.k
   vc = None if cache is None else cache.v
   layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
+  if remat:  # keep only each layer's input; recompute the rest when differentiating
+    layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
   (x, kc, vc), _ = jax.lax.scan(layer, (x, kc, vc), (lp, layer_ids))
   x = rms_norm(x, final_norm, c.rms_norm_eps)
   new_cache = None if cache is None else Cache(k=kc, v=vc, index=cache.index + t)
@@ -295,21 +300,21 @@ def init_params(config: ModelConfig, seed: int = 0) -> nnx.State:
 
 
 def apply(config: ModelConfig, params: nnx.State, tokens: Array, positions: Array,
-          cache: Cache | None = None, attn_mask: Array | None = None
+          cache: Cache | None = None, attn_mask: Array | None = None, *, remat: bool = False
           ) -> tuple[Array, Cache | None]:
   """Functional `Transformer.__call__`; jit it with `config` static (it is hashable)."""
   model = nnx.merge(_graphdef(config), params)
-  return model(tokens, positions, cache, attn_mask)
+  return model(tokens, positions, cache, attn_mask, remat=remat)
 
 
 def hidden_states(config: ModelConfig, params: nnx.State, tokens: Array, positions: Array,
-                  cache: Cache | None = None, attn_mask: Array | None = None
-                  ) -> tuple[Array, Cache | None]:
+                  cache: Cache | None = None, attn_mask: Array | None = None, *,
+                  remat: bool = False) -> tuple[Array, Cache | None]:
   """As `apply`, but returns the final-norm hidden states `[B, T, D]` instead of logits."""
   model = nnx.merge(_graphdef(config), params)
   layer_params = {k: v[...] for k, v in vars(model.layers).items() if isinstance(v, nnx.Param)}
   return _forward(config, model.embed[...], layer_params, model.final_norm[...], None, tokens,
-                  positions, cache, attn_mask, return_hidden=True)
+                  positions, cache, attn_mask, return_hidden=True, remat=remat)
 
 
 def unembed(config: ModelConfig, params: nnx.State, hidden: Array) -> Array:

@@ -14,7 +14,7 @@ def get_config():
   c.model.source = "tiny"
   c.embedder = "hashing"
   c.data.dataset = "synthetic"
-  c.data.num_docs = "4"
+  c.data.num_docs = "6"
   c.env.chunk_size = 48
   c.env.overlap = 8
   c.env.max_calls = 12

@@ -40,6 +40,13 @@ def test_bad_values_are_named(key, value, match):
     cfg_lib.validate(c)
 
 
+def test_synthetic_task_that_cannot_fit_is_rejected():
+  c = importlib.import_module("configs.eval_oracle_synthetic").get_config()
+  c.data.num_docs = "2"
+  with pytest.raises(cfg_lib.ConfigError, match="num_docs=2"):
+    cfg_lib.validate(c)
+
+
 def test_model_none_needs_scripted_methods_only():
   c = importlib.import_module("configs.eval_oracle_synthetic").get_config()
   c.methods = "oracle,atommem"

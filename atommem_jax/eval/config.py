@@ -47,7 +47,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.data.dataset != "synthetic" and (bad := [m for m in ms if m in SCRIPTED_METHODS]):
     raise ConfigError(f"methods {bad} are scripted for synthetic tasks only "
                       f"(data.dataset={c.data.dataset!r})")
-  lengths(c)
+  if c.data.dataset == "synthetic":
+    from atommem_jax.agent.oracle import synthetic_config
+
+    for n in lengths(c):
+      try:
+        synthetic_config(c, n)
+      except ValueError as e:
+        raise ConfigError(f"data.num_docs={n} (sections per synthetic task): {e}") from None
+  else:
+    lengths(c)
   src = str(c.model.source)
   needs_model = any(m in LLM_METHODS for m in ms) or c.embedder == "policy"
   if src == "none":

@@ -183,28 +183,44 @@ def test_stop_string_tables_reject_empty_string():
     stop_string_tables([b"a"], ["</x>", ""])
 
 
+def _boundary_stop_string(tok, row: list[int]) -> str | None:
+  """4 ASCII characters of the row's text that straddle a token boundary (2 on each side)."""
+  text = tok.decode(row, skip_special_tokens=True)
+  for i in range(1, len(row)):
+    head = tok.decode(row[:i], skip_special_tokens=True)
+    at = len(head)
+    if (at >= 2 and text.startswith(head) and len(text) >= at + 2
+        and text[at - 2:at + 2].isascii() and text[at - 2:at + 2].isprintable()
+        and tok.decode(row[i:i + 1], skip_special_tokens=True)):
+      return text[at - 2:at + 2]
+  return None
+
+
+def _stop_after(tok, row: list[int], strings) -> int:
+  """Reference: the fewest tokens whose decoded text contains a stop string, else all."""
+  for n in range(1, len(row) + 1):
+    if any(s in tok.decode(row[:n], skip_special_tokens=True) for s in strings):
+      return n
+  return len(row)
+
+
 def test_stop_strings_split_across_tokens(test_tokenizer):
   tok = test_tokenizer
   config = tiny("llama", vocab_size=len(tok), eos_token_id=None)
   params = transformer.init_params(config, seed=2)
-  prompts = [tok.encode("<update_memory>the cat"), tok.encode("Question: who?")]
+  prompts = [tok.encode(t) for t in ("<update_memory>the cat", "Question: who?", "Memory 1:",
+                                     "<final_answer>")]
   free = generate(config, params, prompts, max_new_tokens=24, temperature=1.0, seed=5)
-  pieces = [[tok.decode([t], skip_special_tokens=True).encode() for t in row]
-            for row in free.to_lists()]
-  # A stop string that spans a token boundary of row 0 (2 chars before, 2 after).
-  row0 = b"".join(pieces[0])
-  cut = next(i for i in range(1, len(pieces[0])) if len(b"".join(pieces[0][:i])) >= 3
-             and len(b"".join(pieces[0][i:])) >= 2 and b"".join(pieces[0][:i]).isascii())
-  at = len(b"".join(pieces[0][:cut]))
-  stop = row0[at - 2:at + 2].decode()
+  rows = free.to_lists()
+  stop = next(s for s in (_boundary_stop_string(tok, r) for r in rows) if s)
+  strings = [stop, "</final_answer>"]
   out = generate(config, params, prompts, max_new_tokens=24, temperature=1.0, seed=5,
-                 stop_strings=[stop, "</final_answer>"], tokenizer=tok)
-  for b, row in enumerate(free.to_lists()):
-    want = min(x for x in (_first_completion(pieces[b], stop.encode()),
-                           _first_completion(pieces[b], b"</final_answer>"), len(row)) if x)
-    assert out.lengths[b] == want
+                 stop_strings=strings, tokenizer=tok)
+  for b, row in enumerate(rows):
+    want = _stop_after(tok, row, strings)
+    assert out.lengths[b] == want, (b, stop)
     assert out.tokens[b, :want].tolist() == row[:want]
-  assert stop in tok.decode(out.to_lists()[0], skip_special_tokens=True)
+  assert (out.lengths < 24).any()  # the chosen string did stop some row early
 
 
 def test_stop_strings_need_tokenizer(model):

@@ -40,6 +40,7 @@ setup(
             "hypothesis>=6.100",
             "torch==2.13.0",
             "sentence-transformers>=3",
+            "accelerate>=1.0",  # transformers needs it to load GGUF models (GGUF parity tests)
         ],
         "tpu": ["jax[tpu]>=0.10.2,<0.11", "libtpu"],
     },

@@ -1,0 +1,208 @@
+"""GGUF (llama.cpp) checkpoints -> our params, streamed through the HF loader.
+
+A GGUF file is memory-mapped by `gguf.GGUFReader`; each tensor is dequantized on its own
+(`gguf.quants.dequantize`, any ggml type to float32), renamed from llama.cpp's scheme to the
+Hugging Face one, and handed to `hf_io.params_from_hf_tensors` as a generator, so host memory
+holds the mapped file plus one float32 tensor (and the stacked parameter being filled) at a
+time -- never a second copy of the model.
+
+llama.cpp's HF->GGUF converter permutes the rows of the q/k projections of *Llama* models
+(`LlamaModel.permute`: within each head, the rotate-half layout [x0..x(d/2-1), y0..] becomes
+the interleaved [x0, y0, x1, y1, ...] its RoPE kernel wants). We apply its exact inverse,
+`unpermute_qk`, so the weights are transformers' again. Qwen2/Qwen3 GGUFs are not permuted
+(llama.cpp uses NEOX-style RoPE for them).
+
+The model config comes from the `{arch}.*` metadata keys; the tokenizer from the same file is
+built by `tokenizer.load_tokenizer(path)`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from atommem_jax.models import hf_io
+from atommem_jax.models.config import ModelConfig
+
+_FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+_PERMUTED_QK = {"llama"}  # architectures whose converter permutes q/k rows for RoPE
+
+# llama.cpp tensor name -> HF name ("{}" = layer index).
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.bias": "self_attn.o_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
+# Tensors llama.cpp may store that transformers recomputes (RoPE tables).
+_IGNORED = re.compile(r"rope_freqs\.weight|blk\.\d+\.rope_freqs\.weight")
+
+
+def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """llama.cpp's q/k row permutation (HF rotate-half -> interleaved), for tests and writers.
+
+  w: `[n_heads * Dh, ...]` (a weight `[n_heads * Dh, D]` or a bias `[n_heads * Dh]`).
+  """
+  rows = w.shape[0]
+  if rows % (2 * n_heads):
+    raise ValueError(f"q/k tensor has {rows} rows, not a multiple of 2 * n_heads={2 * n_heads}")
+  return (w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:])  # [H, 2, Dh/2, ...]
+          .swapaxes(1, 2).reshape(w.shape))  # [H, Dh/2, 2, ...] -> rows
+
+
+def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """Exact inverse of `permute_qk`: interleaved rows back to HF's rotate-half order."""
+  rows = w.shape[0]
+  if rows % (2 * n_heads):
+    raise ValueError(f"q/k tensor has {rows} rows, not a multiple of 2 * n_heads={2 * n_heads}")
+  return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])  # [H, Dh/2, 2, ...]
+          .swapaxes(1, 2).reshape(w.shape))  # [H, 2, Dh/2, ...] -> rows
+
+
+def _field(reader: Any, key: str, default: Any = None, *, required: bool = False) -> Any:
+  f = reader.fields.get(key)
+  if f is None:
+    if required:
+      raise ValueError(f"GGUF metadata has no {key!r}")
+    return default
+  return f.contents()
+
+
+def _dtype_name(dtype: Any) -> str:
+  name = jnp.dtype(dtype).name
+  if name not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"dtype must be float32, bfloat16 or float16, got {name}")
+  return name
+
+
+def config_from_gguf_reader(reader: Any) -> ModelConfig:
+  """ModelConfig from the GGUF metadata (architecture keys + tensor list + tokenizer ids)."""
+  arch = _field(reader, "general.architecture", required=True)
+  if arch not in _FAMILIES:
+    raise ValueError(f"GGUF general.architecture {arch!r} is not supported; "
+                     f"expected one of {sorted(_FAMILIES)}")
+  get = lambda key, **kw: _field(reader, f"{arch}.{key}", **kw)  # noqa: E731
+  scaling = get("rope.scaling.type")
+  if scaling not in (None, "none"):
+    raise ValueError(f"GGUF {arch}.rope.scaling.type={scaling!r} is not supported")
+  hidden = int(get("embedding_length", required=True))
+  heads = int(get("attention.head_count", required=True))
+  kv_heads = int(get("attention.head_count_kv", default=heads))
+  head_dim = int(get("attention.key_length", default=hidden // heads))
+  rot_dim = get("rope.dimension_count")
+  if rot_dim is not None and int(rot_dim) != head_dim:
+    raise ValueError(f"GGUF {arch}.rope.dimension_count={rot_dim} != head_dim={head_dim}: "
+                     "partial rotary embeddings are not supported")
+  names = {t.name for t in reader.tensors}
+  embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+  if embd is None:
+    raise ValueError("GGUF file has no token_embd.weight tensor")
+  vocab = get("vocab_size")
+  if vocab is None:
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = len(tokens.data) if tokens is not None else int(embd.shape[-1])  # ggml ne: [D, V]
+  eos = _field(reader, "tokenizer.ggml.eos_token_id")
+  bos = _field(reader, "tokenizer.ggml.bos_token_id")
+  return ModelConfig(
+      family=_FAMILIES[arch], vocab_size=int(vocab), hidden_size=hidden,
+      intermediate_size=int(get("feed_forward_length", required=True)),
+      num_layers=int(get("block_count", required=True)), num_heads=heads,
+      num_kv_heads=kv_heads, head_dim=head_dim,
+      rope_theta=float(get("rope.freq_base", default=10_000.0)),
+      # GGUF stores eps as float32: round to the float64 it came from (9.9999997e-06 -> 1e-05).
+      rms_norm_eps=float(np.format_float_positional(
+          np.float32(get("attention.layer_norm_rms_epsilon", default=1e-6)), unique=True)),
+      tie_word_embeddings="output.weight" not in names,
+      max_position_embeddings=int(get("context_length", default=2048)),
+      attention_bias=f"blk.0.attn_q.bias" in names,
+      bos_token_id=None if bos is None else int(bos),
+      eos_token_id=None if eos is None else int(eos))
+
+
+def hf_name(gguf_name: str) -> str | None:
+  """HF tensor name for a llama.cpp tensor name; None for tensors we do not load."""
+  if gguf_name in _GLOBAL_NAMES:
+    return _GLOBAL_NAMES[gguf_name]
+  m = _LAYER_RE.fullmatch(gguf_name)
+  if m and m.group(2) in _LAYER_NAMES:
+    return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+  if _IGNORED.fullmatch(gguf_name):
+    return None
+  raise ValueError(f"GGUF tensor {gguf_name!r} has no Hugging Face counterpart we know")
+
+
+def iter_hf_tensors(reader: Any, config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+  """HF-named float32 tensors from a GGUF reader, dequantized one at a time."""
+  from gguf.quants import dequantize
+
+  unpermute = config.family in _PERMUTED_QK
+  for t in reader.tensors:
+    name = hf_name(t.name)
+    if name is None:
+      continue
+    # dequantize returns numpy (row-major) order, i.e. ggml's ne reversed: HF's [out, in].
+    array = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+    array = array.reshape(tuple(int(n) for n in reversed(t.shape)))
+    if unpermute and name.endswith(("q_proj.weight", "q_proj.bias")):
+      array = unpermute_qk(array, config.num_heads)
+    elif unpermute and name.endswith(("k_proj.weight", "k_proj.bias")):
+      array = unpermute_qk(array, config.num_kv_heads)
+    yield name, array
+
+
+def from_gguf(path: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[ModelConfig, Any]:
+  """(config, params) from a llama.cpp GGUF file; params and compute in `dtype`.
+
+  Quantized tensors are dequantized to float32 and then cast: the weights are exactly the
+  file's (quantization error included), as transformers' own GGUF loader sees them.
+  """
+  import gguf
+
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"GGUF file {path} does not exist")
+  try:
+    reader = gguf.GGUFReader(path)
+  except Exception as e:  # gguf raises ValueError/struct.error/... on a bad header
+    raise ValueError(f"{path} is not a readable GGUF file: {e}") from e
+  name = _dtype_name(dtype)
+  config = config_from_gguf_reader(reader).replace(param_dtype=name, dtype=name)
+  params = hf_io.params_from_hf_tensors(config, iter_hf_tensors(reader, config))
+  return config, params
+
+
+def export_gguf_to_hf(path: str | os.PathLike, out_dir: str | os.PathLike,
+                      dtype: Any = jnp.float32) -> Path:
+  """Writes a GGUF as a HF directory (config.json, safetensors, tokenizer files).
+
+  The result loads with `hf_io.from_pretrained` and with transformers.
+  """
+  from atommem_jax.models import tokenizer as tok_lib
+
+  out = Path(out_dir)
+  config, params = from_gguf(path, dtype=dtype)
+  hf_io.save_pretrained(config, params, out)
+  tok_lib.load_tokenizer(path).save_pretrained(out)
+  return out

@@ -223,6 +223,15 @@ def test_stop_strings_split_across_tokens(test_tokenizer):
   assert (out.lengths < 24).any()  # the chosen string did stop some row early
 
 
+def test_token_bytes_concatenate_to_decoded_text(test_tokenizer):
+  tok = test_tokenizer
+  pieces = sampler.token_bytes(tok, len(tok) + 5)
+  assert len(pieces) == len(tok) + 5 and pieces[-1] == b""
+  text = "<update_memory>Paris, café</update_memory>\n<final_answer>\\boxed{42}</final_answer>"
+  ids = tok.encode(text) + [tok.convert_tokens_to_ids("<|im_end|>")]
+  assert b"".join(pieces[i] for i in ids) == tok.decode(ids, skip_special_tokens=True).encode()
+
+
 def test_stop_strings_need_tokenizer(model):
   config, params = model
   with pytest.raises(ValueError, match="tokenizer"):

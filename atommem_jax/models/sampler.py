@@ -305,22 +305,24 @@ def stop_string_tables(tokens_as_bytes: Sequence[bytes],
   if any(not s for s in encoded):
     raise ValueError("stop_strings must not contain an empty string")
   vocab = len(tokens_as_bytes)
-  max_bytes = max(1, max(len(b) for b in tokens_as_bytes))
-  flat = np.full((vocab, max_bytes), -1, np.int32)  # [V, Lb], -1 = past the token's end
+  token_len = np.array([len(b) for b in tokens_as_bytes], np.int64)  # [V]
+  flat = np.zeros((vocab, max(1, int(token_len.max()))), np.uint8)  # [V, Lb]
   for i, b in enumerate(tokens_as_bytes):
     flat[i, :len(b)] = np.frombuffer(b, np.uint8)
+  # Tokens still holding a byte at offset j; sorting by length makes each a prefix slice.
+  order = np.argsort(-token_len, kind="stable")
+  flat, token_len = flat[order], token_len[order]
   lens = np.array([len(s) for s in encoded], np.int32)
   tables = np.zeros((len(encoded), int(lens.max()) + 1, vocab), np.int16)
   for k, pattern in enumerate(encoded):
     delta = _kmp_delta(pattern)
     state = np.repeat(np.arange(len(pattern) + 1, dtype=np.int32)[:, None], vocab, 1)  # [m+1, V]
-    for j in range(max_bytes):
-      byte = flat[:, j]  # [V]
-      valid = byte >= 0
-      if not valid.any():
+    for j in range(flat.shape[1]):
+      n = int(np.searchsorted(-token_len, -j, side="left"))  # tokens with len > j
+      if n == 0:
         break
-      state = np.where(valid[None, :], delta[state, np.maximum(byte, 0)[None, :]], state)
-    tables[k, :len(pattern) + 1] = state
+      state[:, :n] = delta[state[:, :n], flat[None, :n, j]]
+    tables[k, :len(pattern) + 1, order] = state.T
   return tables, lens
 
 

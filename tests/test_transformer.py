@@ -211,10 +211,13 @@ def test_bad_masks_raise(kwargs, match):
     tr.apply(config, params, ids, jnp.arange(4)[None], cache, kwargs["attn_mask"])
 
 
-def test_forward_rejects_non_2d_input():
+def test_forward_rejects_bad_input_ids():
   config = tiny("llama")
-  with pytest.raises(ValueError, match="input_ids"):
-    tr.forward(config, tr.init_params(config), jnp.arange(4))
+  params = tr.init_params(config)
+  with pytest.raises(ValueError, match=r"\[batch, seq\]"):
+    tr.forward(config, params, jnp.arange(4))
+  with pytest.raises(ValueError, match=r"\[0, 512\)"):
+    tr.forward(config, params, jnp.array([[1, 512]]))
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -50,7 +50,9 @@ class Cache:
   """Preallocated KV cache shared by all layers.
 
   k, v: `[L, B, S, Hkv, Dh]`; index: int32 scalar, the next slot to write (shared by the
-  batch; per-row padding is expressed through positions and the attention mask).
+  batch; per-row padding is expressed through positions and the attention mask). The caller
+  keeps `index + T <= S`: under jit the index is traced, and XLA's dynamic_update_slice would
+  clamp an overflowing write instead of failing.
   """
 
   k: Array
@@ -338,6 +340,11 @@ def forward(config: ModelConfig, params: nnx.State, input_ids: Any) -> Array:
   input_ids = jnp.asarray(input_ids, jnp.int32)
   if input_ids.ndim != 2:
     raise ValueError(f"forward: input_ids must be [batch, seq], got shape {input_ids.shape}")
+  if not isinstance(input_ids, jax.core.Tracer):  # eager call: out-of-range ids would clamp
+    lo, hi = int(jnp.min(input_ids)), int(jnp.max(input_ids))
+    if lo < 0 or hi >= config.vocab_size:
+      raise ValueError(f"forward: input_ids must lie in [0, {config.vocab_size}), got "
+                       f"[{lo}, {hi}]")
   return _forward_jit(config, params, input_ids)
 
 

@@ -94,8 +94,21 @@ def test_unpermute_inverts_llama_cpp_permutation_exactly():
 
 
 def test_config_from_real_smollm2_metadata_matches_preset():
-  reader = gguf.GGUFReader(tok_lib.smollm2_gguf_path())
+  reader = gguf_io.open_gguf(tok_lib.smollm2_gguf_path())
   assert gguf_io.config_from_gguf_reader(reader) == config_lib.smollm2_135m()
+
+
+def test_fast_reader_parses_like_gguf_reader(tmp_path):
+  config = config_lib.tiny("llama", max_position_embeddings=256)
+  _write_gguf(tmp_path / "t.gguf", config, _random_hf(config), embed_q8=True)
+  fast, ref = gguf_io.open_gguf(tmp_path / "t.gguf"), gguf.GGUFReader(tmp_path / "t.gguf")
+  assert isinstance(fast, gguf.GGUFReader)
+  assert {k: f.contents() for k, f in fast.fields.items()} == {
+      k: f.contents() for k, f in ref.fields.items()}
+  assert [t.name for t in fast.tensors] == [t.name for t in ref.tensors]
+  for a, b in zip(fast.tensors, ref.tensors):
+    assert a.tensor_type == b.tensor_type and list(a.shape) == list(b.shape)
+    np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
 
 
 @pytest.mark.parametrize("family,tied,embed_q8", [("llama", False, False), ("llama", True, True),

@@ -81,6 +81,39 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(w.shape))  # [H, 2, Dh/2, ...] -> rows
 
 
+def _reader_class() -> type:
+  import gguf
+
+  class PlainArrayGGUFReader(gguf.GGUFReader):
+    """GGUFReader over a plain-ndarray view of its memory map (same bytes, same parse).
+
+    GGUFReader slices its `np.memmap` once per metadata item; every slice of a memmap pays
+    `memmap.__array_finalize__`, which for SmolLM2's 98k vocab/merge strings is ~75% of an
+    8 s parse. Slices of an ndarray view of the same mapping skip that: ~4x faster, no copy.
+    """
+
+    @property
+    def data(self) -> np.ndarray:
+      return self._plain_data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+      self._plain_data = value.view(np.ndarray) if isinstance(value, np.memmap) else value
+
+  return PlainArrayGGUFReader
+
+
+def open_gguf(path: str | os.PathLike) -> Any:
+  """A `gguf.GGUFReader` for `path` (fast variant); ValueError naming the file if unreadable."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"GGUF file {path} does not exist")
+  try:
+    return _reader_class()(path)
+  except Exception as e:  # gguf raises ValueError/KeyError/IndexError... on a bad file
+    raise ValueError(f"{path} is not a readable GGUF file: {e}") from e
+
+
 def _field(reader: Any, key: str, default: Any = None, *, required: bool = False) -> Any:
   f = reader.fields.get(key)
   if f is None:
@@ -178,15 +211,7 @@ def from_gguf(path: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[ModelC
   Quantized tensors are dequantized to float32 and then cast: the weights are exactly the
   file's (quantization error included), as transformers' own GGUF loader sees them.
   """
-  import gguf
-
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"GGUF file {path} does not exist")
-  try:
-    reader = gguf.GGUFReader(path)
-  except Exception as e:  # gguf raises ValueError/struct.error/... on a bad header
-    raise ValueError(f"{path} is not a readable GGUF file: {e}") from e
+  reader = open_gguf(path)
   name = _dtype_name(dtype)
   config = config_from_gguf_reader(reader).replace(param_dtype=name, dtype=name)
   params = hf_io.params_from_hf_tensors(config, iter_hf_tensors(reader, config))

@@ -119,18 +119,18 @@ def test_policy_embedder_pools_hidden_states():
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape).astype(a.dtype)),
                         tf.abstract_params(config))
-  emb = E.PolicyEmbedder(config, params, test_tokenizer, batch_size=4, buckets=(8, 64))
-  texts = ["memory about Oslo", "Ann Lee directed Film X", "a", "x " * 40]
+  emb = E.PolicyEmbedder(config, params, test_tokenizer, batch_size=3, buckets=(8, 64))
+  texts = ["memory about Oslo", "a", "x " * 40]
   out = emb(texts)
-  assert out.shape == (4, config.hidden_size)
+  assert out.shape == (3, config.hidden_size)
   np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-  # Each text alone, unpadded (the 80-token one truncated to the largest bucket, 64).
+  # Alone (other batch company, "a" padded to 8 instead of 64): same vectors.
   for i, t in enumerate(texts):
-    ids = jnp.asarray([test_tokenizer.encode(t)[:64]], jnp.int32)
-    np.testing.assert_allclose(out[i], np.asarray(emb._encode(ids, jnp.ones_like(ids, bool)))[0],
-                               atol=2e-6)
+    np.testing.assert_allclose(out[i], emb([t])[0], atol=2e-6)
+  # The 80-token text is truncated to the largest bucket: its first 64 tokens.
+  np.testing.assert_allclose(out[2], emb(["x " * 32])[0], atol=2e-6)
   # The pooled states are the final hidden states: projecting them gives the model's logits.
-  ids = jnp.asarray([test_tokenizer.encode(texts[1])], jnp.int32)
+  ids = jnp.asarray([test_tokenizer.encode(texts[0])], jnp.int32)
   logits = np.asarray(emb.hidden_states(ids)) @ np.asarray(params["lm_head"][...])
   np.testing.assert_allclose(logits, np.asarray(tf.forward(config, params, ids)), atol=1e-4)
 

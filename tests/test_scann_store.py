@@ -22,6 +22,14 @@ def exact(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
   return top_k_by_score_then_id(np.broadcast_to(ids, (len(q), len(ids))), q @ x.T, k)[0]
 
 
+def test_public_import_path():
+  import atommem_jax.memory as memory
+
+  assert memory.ScannStore is ScannStore and memory.MemoryOpError is MemoryOpError
+  with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+    memory.Nope  # noqa: B018
+
+
 def test_writes_return_new_versions_and_old_ones_stay_readable():
   s0 = ScannStore(2)
   s1, a = s0.create("a", [1, 0])

@@ -10,8 +10,9 @@ _EXPORTS = {
     "MemoryConfig": "state", "MemoryState": "state", "OpBatch": "state",
     "init_state": "state", "init_batch": "state", "apply": "state",
     "TextTable": "text_table", "encode_ops": "encode",
-    "ScannStore": "scann_store",
-    "HashingEmbedder": "embedder", "MiniLMEmbedder": "embedder",
+    "ScannStore": "scann_store", "AnnConfig": "scann_store", "MemoryOpError": "scann_store",
+    "search_callback": "scann_store",
+    "HashingEmbedder": "embedder", "MiniLMEmbedder": "embedder", "PolicyEmbedder": "embedder",
 }
 
 __all__ = sorted(_EXPORTS)

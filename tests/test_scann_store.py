@@ -137,3 +137,21 @@ def test_pure_callback_from_jit_and_vmap():
   np.testing.assert_allclose(np.asarray(scores), want_scores, rtol=1e-6)
   vids, _ = jax.jit(jax.vmap(f))(jnp.asarray(x[:6]).reshape(2, 3, 8))
   np.testing.assert_array_equal(np.asarray(vids).reshape(6, 4), want_ids)
+
+
+def test_scann_path_is_exact_when_probing_everything():
+  """Probe all leaves and reorder all candidates: ScaNN plumbing (docids, upsert, delete)
+  must then give exactly the brute-force answer."""
+  full = AnnConfig(ann_threshold=1000, leaves_to_search_frac=1.0, reorder=4000)
+  x = clustered(1200, 16, seed=4)
+  q = clustered(30, 16, seed=5)
+  s, _ = ScannStore(16, ann=full).create_many([str(i) for i in range(1200)], x)
+  s = s.delete(5).update(7, "moved", x[0])
+  s, new_id = s.create("new", q[0])
+  assert s.uses_ann
+  ids = np.array([i for i, _ in s.items()])
+  vecs = x.copy()
+  vecs[7] = x[0]
+  vecs = np.concatenate([vecs, q[:1]])[ids]
+  np.testing.assert_array_equal(s.search(q, 10)[0], exact(vecs, ids, q, 10))
+  assert s.read(q[0], 1)[0][:2] == (new_id, "new")

@@ -1,7 +1,6 @@
 """Embedders: Flax BERT vs transformers/sentence-transformers, policy and hashing embedders."""
 from __future__ import annotations
 
-import json
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,6 @@ are read back too (both backends are immutable values).
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np

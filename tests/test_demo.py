@@ -30,10 +30,10 @@ def test_answer_on_tiny_model_is_the_greedy_generation(test_tokenizer):
   tok = test_tokenizer
   config = config_lib.tiny("llama", eos_token_id=tok.eos_token_id, max_position_embeddings=512)
   params = transformer.init_params(config, seed=0)
-  result = demo.answer(config, params, tok, _RECORD, max_new_tokens=6)
+  result = demo.answer(config, params, tok, _RECORD, max_new_tokens=6, max_prompt_tokens=400)
   prompt = tok(demo.build_prompt(tok, _RECORD), add_special_tokens=False)["input_ids"]
   ref = generate(config, params, [prompt], max_new_tokens=6, stop_token_ids=tok.eos_token_id)
-  assert result.prompt_tokens == len(prompt)
+  assert result.prompt_tokens == len(prompt) and result.paragraphs == 2
   assert result.new_tokens == int(ref.lengths[0]) and 1 <= result.new_tokens <= 6
   assert result.answer == tok.decode(ref.to_lists()[0], skip_special_tokens=True).strip()
   assert result.gold == "Frank Lloyd Wright" and result.question == _RECORD.question
@@ -44,6 +44,25 @@ def test_answer_on_tiny_model_is_the_greedy_generation(test_tokenizer):
   for needle in ("Question:", "Model answer:", "Gold answer: Frank Lloyd Wright", "EM:",
                  "Prefill:", "Decode:", "Compile:"):
     assert needle in text
+
+
+def test_fit_prompt_keeps_supporting_paragraphs_within_budget(test_tokenizer):
+  tok = test_tokenizer
+  count = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+  distractor = Paragraph("Noise", "An unrelated sentence about rivers and mountains. " * 6)
+  record = QARecord(id="r1", question=_RECORD.question, answers=_RECORD.answers,
+                    paragraphs=(distractor,) + _RECORD.paragraphs + (distractor,),
+                    supporting=(1, 2))
+  full = demo.build_prompt(tok, record)
+  assert demo.fit_prompt(tok, record, None) == (full, 4)
+  only_support = demo.build_prompt(tok, record, [1, 2])
+  prompt, kept = demo.fit_prompt(tok, record, count(only_support) + 5)
+  assert (prompt, kept) == (only_support, 2)
+  prompt, kept = demo.fit_prompt(tok, record, count(full) - 1)
+  assert kept == 3 and count(prompt) <= count(full) - 1
+  assert prompt.index("(Noise)") < prompt.index("(Museum)")  # file order is kept
+  with pytest.raises(ValueError, match="max_prompt_tokens"):
+    demo.fit_prompt(tok, record, 10)
 
 
 def test_too_long_prompt_is_rejected(test_tokenizer):

@@ -254,7 +254,11 @@ def token_bytes(tokenizer: Any, vocab_size: int) -> list[bytes]:
   Supports byte-level BPE decoders and SentencePiece-style (`▁`, `<0xNN>`) ones; raises
   ValueError for anything else rather than matching stop strings wrongly.
   """
-  decoder = str(getattr(tokenizer.backend_tokenizer, "decoder", None).__getstate__())
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  if backend is None:
+    raise ValueError("stop_strings need a fast (tokenizers-backed) tokenizer; got "
+                     f"{type(tokenizer).__name__}")
+  decoder = str(backend.decoder.__getstate__()) if backend.decoder is not None else "None"
   byte_level = "ByteLevel" in decoder
   if not byte_level and "Metaspace" not in decoder and "ByteFallback" not in decoder:
     raise ValueError(f"stop_strings: unsupported tokenizer decoder {decoder[:200]!r}; "

@@ -130,7 +130,7 @@ def _smollm2(dtype_name: str = "float32"):
   path = Path(smollm2_gguf_path())
   config, params = from_gguf(path)
   hf = transformers.AutoModelForCausalLM.from_pretrained(
-      path.parent, gguf_file=path.name, torch_dtype=torch.float32).eval()
+      path.parent, gguf_file=path.name, dtype=torch.float32).eval()
   return config, params, hf
 
 

@@ -169,7 +169,7 @@ def config_from_gguf_reader(reader: Any) -> ModelConfig:
           np.float32(get("attention.layer_norm_rms_epsilon", default=1e-6)), unique=True)),
       tie_word_embeddings="output.weight" not in names,
       max_position_embeddings=int(get("context_length", default=2048)),
-      attention_bias=f"blk.0.attn_q.bias" in names,
+      attention_bias="blk.0.attn_q.bias" in names,
       bos_token_id=None if bos is None else int(bos),
       eos_token_id=None if eos is None else int(eos))
 

@@ -13,6 +13,7 @@ Compile time is excluded from both parts by a warm-up run and reported separatel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import sys
@@ -89,11 +90,15 @@ def main(argv=None):
     t0 = time.perf_counter()
     doc = filler_document(tok, n, seed=n)
     ep = env_lib.Episode(f"doc{n}", ("Who founded the museum?",), (("x",),), doc)
-    n_sections = len(eng.sections(ep))
+    # Tokenising + splitting the document is a one-off O(document) cost, timed apart; the
+    # episode then carries its sections so the timed run measures the steps alone.
+    secs = tuple(eng.sections(ep))
+    n_sections = len(secs)
+    ep = dataclasses.replace(ep, sections=secs)
     prep = time.perf_counter() - t0
     t0 = time.perf_counter()
     [traj] = eng.run([ep], policy())
-    dt = time.perf_counter() - t0 - 0.0
+    dt = time.perf_counter() - t0
     per = dt / len(traj.steps)
     plen = max(len(s.prompt_ids) for s in traj.steps)
     rows.append((n, n_sections, len(traj.steps), per, plen, prep))

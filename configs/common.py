@@ -29,7 +29,7 @@ def base() -> ml_collections.ConfigDict:
   # "hashing" (hashed bag of words, no model), "policy" (mean-pooled policy hidden states).
   c.embedder = "minilm"
 
-  # Data. dataset: hotpotqa | 2wiki | musique | synthetic. num_docs: MemAgent-style
+  # Data. dataset: hotpotqa | 2wiki | musique (comma-separated for several) | synthetic. num_docs: MemAgent-style
   # documents per context length (50 docs ~ 7K tokens, 200 ~ 28K, 800 ~ 112K ...).
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "hotpotqa"
@@ -41,12 +41,27 @@ def base() -> ml_collections.ConfigDict:
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1
 
+  # Prompt templates (configs/prompts/<file>, or any path; string.Template `${name}` fields,
+  # checked on load). Point these at other files to reproduce a published prompt.
+  c.prompts = ml_collections.ConfigDict()
+  c.prompts.system = "system.txt"  # AtomMem system message (the protocol)
+  c.prompts.step = "step.txt"  # AtomMem reading turn
+  c.prompts.final = "final.txt"  # AtomMem answering turn
+  c.prompts.answer = "answer.txt"  # baselines' answering turn
+  c.prompts.memagent_system = "memagent_system.txt"
+  c.prompts.memagent_step = "memagent_step.txt"
+  c.prompts.summary = "summary.txt"  # static_summary's reading turn
+  c.prompts.no_query_text = "No query set yet."  # shown before the first <update_query>
+  c.prompts.empty_memory_text = "No memory entries."  # shown when a query retrieves nothing
+
   # Environment (official AtomMem semantics; see atommem_jax/agent/environment.py).
   c.env = ml_collections.ConfigDict()
   c.env.chunk_size = 4000  # tokens per section (paper: 4,000)
   c.env.overlap = 100
   c.env.max_calls = 41  # model calls per episode (paper: 41); 0 = automatic
   c.env.max_query_times = 3
+  # Budget spent while reading: True = stop reading and answer; False = end unanswered (official).
+  c.env.answer_after_budget = True
 
   # Memory state.
   c.memory = ml_collections.ConfigDict()

@@ -94,13 +94,37 @@ def test_premature_answer_is_ignored_and_flagged():
   assert ev.premature_answer and c.question == 0 and c.chunk == 0
 
 
-def test_call_budget_ends_episode_and_unanswered_are_none():
-  c = env.new_cursor(5, 2, env.EnvConfig(max_calls=3))
+def test_call_budget_official_mode_ends_episode_and_unanswered_are_none():
+  c = env.new_cursor(5, 2, env.EnvConfig(max_calls=3, answer_after_budget=False))
   for _ in range(3):
     c, _ = env.step(c, S("read"))
-  assert c.done and c.final_answers() == (None, None)
+  assert c.done and c.reading_cut and c.final_answers() == (None, None)
   with pytest.raises(ValueError, match="finished episode"):
     env.step(c, S())
+
+
+def test_call_budget_spent_while_reading_moves_to_answering():
+  cfg = env.EnvConfig(max_calls=3, max_query_times=1)
+  c = env.new_cursor(5, 2, cfg)
+  for _ in range(3):
+    c, _ = env.step(c, S("create"))
+  assert c.chunk == 3 and c.reading_cut and c.phase == env.ANSWERING
+  c, ev = env.step(c, S(answer="a"))
+  assert ev.answered == 0 and c.phase == env.ANSWERING
+  c, _ = env.step(c, S("read"))  # one query change allowed, then the answer
+  c, ev = env.step(c, S(answer="b"))
+  assert ev.answered == 1 and c.done and c.final_answers() == ("a", "b")
+
+
+def test_answering_allowance_is_bounded():
+  cfg = env.EnvConfig(max_calls=2, max_query_times=1)
+  c = env.new_cursor(5, 1, cfg)
+  n = 0
+  while not c.done:
+    c, _ = env.step(c, S("scratchpad"))  # never advances, never answers
+    n += 1
+  assert n == cfg.max_calls + cfg.answer_budget(1) == 4
+  assert c.final_answers() == (None,)
 
 
 def test_automatic_budget_and_config_validation():

@@ -87,6 +87,9 @@ def test_search_pads_with_minus_one_when_few_alive():
   ids, scores = S.search(s, onehot(0), 3)
   assert np.asarray(ids).tolist() == [0, -1, -1]
   assert np.isneginf(np.asarray(scores)[1:]).all()
+  ids, scores = S.search(s, onehot(0), 2 * s.alive.shape[0] + 1)  # k beyond the capacity
+  assert ids.shape == scores.shape == (2 * s.alive.shape[0] + 1,)
+  assert np.asarray(ids).tolist()[:2] == [0, -1] and np.isneginf(np.asarray(scores)[1:]).all()
 
 
 def test_read_shows_nothing_without_query_then_records_shown_ids():

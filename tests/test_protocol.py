@@ -54,6 +54,26 @@ def test_memory_index_variants(body, expected):
 def test_delete_variants_and_trailing_commentary():
   s = parse("<delete_memory>memory 2 :</delete_memory><delete_memory> Memory 5 (dup)</delete_memory>")
   assert s.ops == (Op("delete", "", 2), Op("delete", "", 5)) and s.errors == ()
+  # Commentary that mentions another entry deletes only the first one.
+  s = parse("<delete_memory>Memory 2: superseded by Memory 3</delete_memory>")
+  assert s.ops == (Op("delete", "", 2),) and s.errors == ()
+
+
+def test_delete_listing_several_entries_deletes_each():
+  s = parse("<delete_memory>Memory 2, memory 5 and Memory #7.</delete_memory>")
+  assert s.ops == (Op("delete", "", 2), Op("delete", "", 5), Op("delete", "", 7))
+  assert s.errors == ()
+  s = parse("<delete_memory>Memory 2, Memory 0</delete_memory>")
+  assert s.ops == (Op("delete", "", 2),) and kinds(s) == [E.MALFORMED_INDEX]
+
+
+def test_huge_memory_index_is_malformed_not_a_crash():
+  # int() of a > 4,300-digit string raises in Python >= 3.11; parse must not.
+  for max_chars in (None, 10_000):
+    s = parse("<delete_memory>Memory " + "1" * 5000 + "</delete_memory>", max_chars=max_chars)
+    assert s.ops == () and kinds(s) == [E.MALFORMED_INDEX]
+  s = parse("<modify_memory>Memory 1234567890: x</modify_memory>")
+  assert kinds(s) == [E.MALFORMED_INDEX]
 
 
 @pytest.mark.parametrize("body,kind", [
@@ -183,7 +203,8 @@ def test_render_parse_round_trip(ops, answer, sep):
 
 _TAG_BITS = ["<", ">", "</", "/", "{", "}", "\\boxed{", "Memory ", "memory 1:", ":", "-", " ",
              "\n"] + [f"<{t}>" for t in protocol.KNOWN_TAGS | {"think"}] + \
-    [f"</{t}>" for t in protocol.KNOWN_TAGS | {"think"}] + ["< add_memory >", "</ Think>", "<foo>"]
+    [f"</{t}>" for t in protocol.KNOWN_TAGS | {"think"}] + ["< add_memory >", "</ Think>", "<foo>",
+                                                              "9" * 12, ", Memory 2", " and memory #3"]
 _adversarial = st.lists(st.sampled_from(_TAG_BITS) | st.text(max_size=5), max_size=40).map("".join)
 
 
@@ -233,14 +254,15 @@ def _fuzz(n: int, seed: int) -> None:
     else:
       text = "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 80)))
     _check_invariants(text, parse(text))
+    if i % 10 == 0:  # no length cap (RAG stores whole sections): long digit runs etc.
+      _check_invariants(text, parse(text, max_chars=None))
 
 
 def test_fuzz_mutated_valid_outputs_never_raise():
   _fuzz(3000, seed=0)
 
 
-@pytest.mark.slow
-def test_fuzz_100k_never_raises():
+def test_fuzz_100k_never_raises():  # the acceptance run: ~3 s, so it runs in CI
   _fuzz(100_000, seed=1)
 
 

@@ -97,6 +97,25 @@ def test_scripted_episode_threads_memory_through_steps():
   assert all("Rome" not in m for m in t.steps[-1].memory_after)
   assert t.op_counts["updates"] == 1 and t.op_counts["creates"] == 2
   assert t.steps[0].scratchpad_after == "read 1 of 3"
+  fm = t.final_memory  # the final MemoryState, per episode
+  assert [e["text"] for e in fm["entries"]] == t.steps[-1].memory_after
+  assert fm["query"] == "What is the capital?" and fm["next_id"] == 2
+  assert fm["scratchpad"] == t.steps[-1].scratchpad_after and fm["counters"]["updates"] == 1
+  assert t.op_counts["unread_sections"] == 0
+
+
+def test_trajectory_jsonl_round_trip_keeps_loss_mask_and_final_memory(tmp_path):
+  import json
+
+  from atommem_jax.agent.trajectory import read_jsonl, write_jsonl
+
+  [t] = _engine().run([EP], ScriptedPolicy())
+  t.steps[0].prompt_ids, t.steps[0].response_ids = [1, 2, 3], [4, 5]
+  path = write_jsonl(tmp_path / "t.jsonl", [t])
+  raw = json.loads(path.read_text().splitlines()[0])
+  assert raw["steps"][0]["loss_mask"] == [0, 0, 0, 1, 1]
+  [back] = read_jsonl(path)
+  assert back == t and back.final_memory == t.final_memory
 
 
 def test_batched_group_equals_single_and_finished_rows_stay_idle():

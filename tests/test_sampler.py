@@ -104,6 +104,42 @@ def test_greedy_equals_argmax_of_full_forward(model):
     assert new == logits.argmax(-1).tolist()
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_prompt_arrays_equal_ragged_prompts(model, side):
+  config, params = model
+  prompts = _prompts(config.vocab_size)
+  width = max(map(len, prompts)) + 2
+  padded = np.full((len(prompts), width), 7, np.int32)  # pad value must not matter
+  for b, p in enumerate(prompts):
+    if side == "left":
+      padded[b, width - len(p):] = p
+    else:
+      padded[b, :len(p)] = p
+  ragged = generate(config, params, prompts, max_new_tokens=6)
+  out = generate(config, params, padded, max_new_tokens=6,
+                 prompt_lengths=[len(p) for p in prompts], padding_side=side)
+  np.testing.assert_array_equal(out.tokens, ragged.tokens)
+  np.testing.assert_allclose(out.logprobs, ragged.logprobs, atol=1e-6)
+
+
+def test_padded_prompt_array_errors(model):
+  config, params = model
+  arr = np.ones((2, 4), np.int32)
+  with pytest.raises(ValueError, match="needs prompt_lengths"):
+    generate(config, params, arr, max_new_tokens=2)
+  with pytest.raises(ValueError, match="prompt_lengths must be in"):
+    generate(config, params, arr, max_new_tokens=2, prompt_lengths=[0, 4])
+  with pytest.raises(ValueError, match="padding_side"):
+    generate(config, params, arr, max_new_tokens=2, prompt_lengths=[1, 4], padding_side="middle")
+
+
+def test_position_limit_counts_real_tokens_not_the_bucket(model):
+  config, params = model  # max_position_embeddings 2048 in tiny()
+  # A 1100-token prompt padded into a 2048 bucket: positions only reach 1100 + 8.
+  out = generate(config, params, [[5] * 1100], max_new_tokens=8, bucket_sizes=(2048,))
+  assert out.tokens.shape == (1, 8)
+
+
 def test_bucket_does_not_change_output(model):
   config, params = model
   prompts = _prompts(config.vocab_size)

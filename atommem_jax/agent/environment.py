@@ -10,10 +10,12 @@ Follows the official AtomMem step semantics (RUCBM/AtomMem,
   * once the document is exhausted the questions are answered one at a time; per question
     the query may change at most `max_query_times` times, a further change skips it;
   * an episode is capped at `max_calls` model calls, so it always ends.
-Two deliberate fixes (documented in docs/design_notes.md): the query limit applies per
+Three deliberate fixes (documented in docs/design_notes.md): the query limit applies per
 question in the answering phase only (officially it also counts during reading, where it
 can skip questions), and an answer written while still reading is a counted error rather
-than consuming the next question.
+than consuming the next question; and when the call budget runs out while still reading,
+the agent stops reading and still answers (`answer_after_budget`, default on; officially the
+episode ends unanswered, which scores long documents as zero whatever the memory holds).
 
 Everything here is a pure function of an immutable `Cursor` and a parsed step, so it is
 trivially testable and replayable.
@@ -37,6 +39,9 @@ class EnvConfig:
   # "atommem": official rule (advance on create/update or a tagless turn); "every_step":
   # every reading turn advances (static workflows, MemAgent-style overwrite memory).
   advance: str = "atommem"
+  # When `max_calls` is spent while still reading: True = stop reading and answer (each
+  # question gets up to max_query_times + 1 further calls); False = end unanswered (official).
+  answer_after_budget: bool = True
 
   def __post_init__(self):
     if self.chunk_size <= 0:
@@ -54,6 +59,10 @@ class EnvConfig:
     if self.max_calls:
       return self.max_calls
     return 2 * num_chunks + (self.max_query_times + 1) * num_questions
+
+  def answer_budget(self, num_questions: int) -> int:
+    """Calls granted beyond `call_budget` for answering after reading was cut short."""
+    return (self.max_query_times + 1) * num_questions if self.answer_after_budget else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,7 @@ class Cursor:
   num_chunks: int
   num_questions: int
   call_budget: int
+  answer_budget: int = 0  # extra calls for answering once call_budget is spent
   chunk: int = 0  # index of the section shown next
   question: int = 0  # question being answered (answering phase)
   query_times: int = 0  # query changes on this section / for this question
@@ -106,9 +116,18 @@ class Cursor:
 
   @property
   def phase(self) -> str:
-    if self.calls >= self.call_budget or self.question >= self.num_questions:
+    if self.question >= self.num_questions:
       return DONE
-    return READING if self.chunk < self.num_chunks else ANSWERING
+    if self.chunk < self.num_chunks and self.calls < self.call_budget:
+      return READING
+    if self.calls >= self.call_budget + self.answer_budget:
+      return DONE
+    return ANSWERING
+
+  @property
+  def reading_cut(self) -> bool:
+    """True when the call budget stopped reading before the last section."""
+    return self.chunk < self.num_chunks and self.calls >= self.call_budget
 
   @property
   def done(self) -> bool:
@@ -120,7 +139,8 @@ class Cursor:
 
 def new_cursor(num_chunks: int, num_questions: int, cfg: EnvConfig) -> Cursor:
   return Cursor(num_chunks=num_chunks, num_questions=num_questions,
-                call_budget=cfg.call_budget(num_chunks, num_questions))
+                call_budget=cfg.call_budget(num_chunks, num_questions),
+                answer_budget=cfg.answer_budget(num_questions))
 
 
 @dataclasses.dataclass(frozen=True)

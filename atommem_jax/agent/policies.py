@@ -62,7 +62,9 @@ class LMClient:
     self.seed = seed
     self.calls = 0
     self.truncated_prompts = 0
-    self.max_prompt_len = 0
+    self.prompts_encoded = 0
+    self.max_prompt_len = 0  # longest prompt sent to the model (after any cut)
+    self.max_raw_prompt_len = 0  # longest prompt rendered (before the cut)
     eos = tokenizer.eos_token_id
     self.stop_ids = tuple(sorted({i for i in (eos, tokenizer.convert_tokens_to_ids("<|im_end|>"))
                                   if isinstance(i, int) and i >= 0}))
@@ -71,6 +73,8 @@ class LMClient:
     text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
     cap = self.sampling.max_prompt_tokens
+    self.prompts_encoded += 1
+    self.max_raw_prompt_len = max(self.max_raw_prompt_len, len(ids))
     if len(ids) > cap:
       self.truncated_prompts += 1
       ids = ids[: cap // 2] + ids[len(ids) - (cap - cap // 2):]
@@ -158,15 +162,22 @@ class AtomMemPolicy(_LLMPolicyBase):
 
   name = "atommem"
 
-  def __init__(self, lm: LMClient, prompts: PromptSet | None = None, max_memory_chars: int = 1000):
+  def __init__(self, lm: LMClient, prompts: PromptSet | None = None, max_memory_chars: int = 1000,
+               no_query_text: str = "No query set yet.",
+               empty_memory_text: str = "No memory entries.", empty_scratchpad_text: str = "(empty)"):
     super().__init__(lm)
     self.prompts = prompts or PromptSet.load()
     self.max_memory_chars = max_memory_chars  # bounds each entry / the scratchpad in a prompt
+    self.no_query_text = no_query_text  # shown before the first <update_query>
+    self.empty_memory_text = empty_memory_text  # shown when the query retrieves nothing
+    self.empty_scratchpad_text = empty_scratchpad_text
 
   def _chat(self, o: Observation):
     clip = lambda t: _clip(t, self.max_memory_chars)
-    common = dict(scratchpad=clip(o.scratchpad) or "(empty)", query=o.query or "No query set yet.",
-                  memories=protocol.format_memories([clip(m) for m in o.memories]),
+    common = dict(scratchpad=clip(o.scratchpad) or self.empty_scratchpad_text,
+                  query=o.query or self.no_query_text,
+                  memories=protocol.format_memories([clip(m) for m in o.memories],
+                                                    self.empty_memory_text),
                   query_times=o.query_times)
     if o.phase == env_lib.READING:
       return self.prompts.messages("step", dict(common, questions=_questions_block(o),
@@ -263,13 +274,13 @@ class StaticSummaryPolicy(_RetrieveThenAnswer):
 
   name = "static_summary"
 
-  def __init__(self, lm: LMClient, answer_template: str = "answer.txt"):
+  def __init__(self, lm: LMClient, answer_template: str = "answer.txt",
+               summary_template: str = "summary.txt"):
     super().__init__(lm, answer_template)
+    self.summary = load_template(summary_template, "summary")
 
   def _reading_chat(self, o: Observation):
-    user = ("Questions:\n" + _questions_block(o) + "\n\nSection of a document:\n" + o.chunk +
-            "\n\nWrite short notes with every fact from this section that may help answer the "
-            "questions (names, dates, places, relations). Notes only.")
+    user = self.summary.substitute(questions=_questions_block(o), chunk=o.chunk)
     return [{"role": "user", "content": user}], env_lib.READING
 
   def _wrap(self, o: Observation, action: Action) -> Action:

@@ -22,6 +22,8 @@ _SPEC: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "final": (frozenset({"question", "scratchpad", "query", "memories", "query_times",
                          "max_query_times"}), frozenset({"question"})),
     "answer": (frozenset({"question", "context"}), frozenset({"question", "context"})),
+    # static_summary's reading turn: notes on one section
+    "summary": (frozenset({"questions", "chunk"}), frozenset({"chunk"})),
 }
 
 

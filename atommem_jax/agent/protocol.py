@@ -107,6 +107,13 @@ _TAG_RE = re.compile(r"<\s*(/?)\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*>")
 # "Memory 3:", "Memory 3 :", "memory 3 -", "Memory #3", "[Memory 3]"; group 1 = the index token.
 _INDEX_RE = re.compile(
     r"^\[?\s*memory\s*#?\s*([+\-]?\w*)\s*\]?\s*(?:[:\-\u2013\u2014.,)]\s*)?", re.IGNORECASE)
+# A delete that lists more entries and nothing else ("Memory 2, Memory 5 and Memory 7")
+# deletes them all; any other text after the first "Memory i" is commentary.
+# (Unambiguous pieces: no two quantifiers can share the same characters, so no backtracking blow-up.)
+_INDEX_LIST_RE = re.compile(r"(?:(?:[\s,;&]|\band\b)*memory\s*(?:#\s*)?\d{1,9}\b)+[\s,;&.]*",
+                            re.IGNORECASE)
+_MORE_INDEX_RE = re.compile(r"memory\s*(?:#\s*)?(\d{1,9})", re.IGNORECASE)
+MAX_INDEX_DIGITS = 9
 _BOX_RE = re.compile(r"\\boxed\s*\{")  # no quantifier on "\\": stays linear on "\\\\\\..."
 _CONTEXT = 40
 
@@ -149,7 +156,10 @@ def _parse_index(content: str) -> tuple[int | None, str, ErrorKind | None]:
   if m is None:
     return None, content.strip(), ErrorKind.MISSING_INDEX
   token = m.group(1)
-  if not token.isdigit() or not token.isascii() or int(token) < 1:
+  # More than MAX_INDEX_DIGITS digits is never a displayed index (and int() of a
+  # 5,000-digit string raises in Python >= 3.11).
+  if (not token.isdigit() or not token.isascii() or len(token) > MAX_INDEX_DIGITS
+      or int(token) < 1):
     return None, content.strip(), ErrorKind.MALFORMED_INDEX
   return int(token), content.lstrip()[m.end():].strip(), None
 
@@ -227,7 +237,16 @@ def _parse_segment(text: str, offset: int, full: str, max_chars: int | None, ops
         err(problem, name, m.start())
         continue
       if kind == DELETE:
-        body = ""  # anything after "Memory i" in a delete is commentary
+        ops.append(Op(kind, "", index))
+        # Several entries named in one tag are several deletes (never silently dropped);
+        # other text after "Memory i" is commentary.
+        if body and _INDEX_LIST_RE.fullmatch(body):
+          for j in _MORE_INDEX_RE.findall(body):
+            if int(j) >= 1:
+              ops.append(Op(kind, "", int(j)))
+            else:
+              err(ErrorKind.MALFORMED_INDEX, name, m.start())
+        continue
       elif not body:
         err(ErrorKind.EMPTY_CONTENT, name, m.start())
         continue

@@ -25,9 +25,6 @@ from atommem_jax.memory import state as mem_lib
 from atommem_jax.memory.encode import encode_ops
 from atommem_jax.memory.text_table import TextTable
 
-NO_QUERY_TEXT = "No query set yet."
-
-
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
   env: env_lib.EnvConfig = env_lib.EnvConfig()
@@ -35,7 +32,6 @@ class RolloutConfig:
   max_ops: int = 16  # ops applied per response; more are counted as err_too_many_ops
   max_op_chars: int | None = 4096  # longest tag content accepted (policies may override)
   allowed_ops: tuple[str, ...] = protocol.OP_KINDS  # others are dropped and counted
-  empty_memory_text: str = "No memory entries."
 
   def __post_init__(self):
     if self.max_ops <= 0:
@@ -196,10 +192,21 @@ class RolloutEngine:
       op_counts = {k: int(v[i]) for k, v in counts.items()}
       op_counts["parse_errors"] = parse_errs
       op_counts["steps"] = len(records[i])
+      # Sections never read because the call budget ran out (0 for a fully read document).
+      op_counts["unread_sections"] = cursors[i].num_chunks - min(cursors[i].chunk,
+                                                                 cursors[i].num_chunks)
       scores = self._score(e, answers)
+      q = int(host["query"][i])
+      final_memory = {
+          "entries": [{"id": eid, "text": table.get(h)} for eid, h in _live_entries(host, i)],
+          "scratchpad": table.get(int(host["scratchpad"][i])),
+          "query": table.get(q) if q >= 0 else None,
+          "next_id": int(host["next_id"][i]),
+          "counters": {k: int(v[i]) for k, v in counts.items()}}
       out.append(Trajectory(episode_id=e.episode_id, method=policy.name, questions=list(e.questions),
                             golds=[list(x) for x in e.golds], answers=answers, steps=records[i],
-                            scores=scores, op_counts=op_counts, meta=dict(e.meta), sample=g))
+                            scores=scores, op_counts=op_counts, meta=dict(e.meta), sample=g,
+                            final_memory=final_memory))
     self.final_state = state
     self.text_table = table
     return out

@@ -51,14 +51,21 @@ class Trajectory:
   op_counts: dict[str, int] = dataclasses.field(default_factory=dict)
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
   sample: int = 0  # index within the rollout group (G)
+  # The episode's MemoryState at the end, in host form: {"entries": [{"id", "text"}] (live,
+  # by stable id), "scratchpad", "query", "next_id", "counters"}; {} for memory-less methods.
+  final_memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    d = dataclasses.asdict(self)
+    for rec, s in zip(d["steps"], self.steps):
+      rec["loss_mask"] = s.loss_mask  # written for trainers that read JSONL directly
+    return d
 
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> "Trajectory":
     d = dict(d)
-    d["steps"] = [StepRecord(**s) for s in d["steps"]]
+    d["steps"] = [StepRecord(**{k: v for k, v in s.items() if k != "loss_mask"})
+                  for s in d["steps"]]
     return cls(**d)
 
 

@@ -20,6 +20,11 @@ def methods(c: ml_collections.ConfigDict) -> list[str]:
   return [m.strip() for m in str(c.methods).split(",") if m.strip()]
 
 
+def datasets(c: ml_collections.ConfigDict) -> list[str]:
+  """`data.dataset` may list several datasets, comma-separated (e.g. "hotpotqa,2wiki,musique")."""
+  return [d.strip() for d in str(c.data.dataset).split(",") if d.strip()]
+
+
 def lengths(c: ml_collections.ConfigDict) -> list[int]:
   try:
     out = [int(x) for x in str(c.data.num_docs).split(",") if x.strip()]
@@ -42,12 +47,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for m in ms:
     if m not in LLM_METHODS + SCRIPTED_METHODS:
       raise ConfigError(f"methods: unknown method {m!r}; known: {LLM_METHODS + SCRIPTED_METHODS}")
-  if c.data.dataset not in DATASETS:
-    raise ConfigError(f"data.dataset must be one of {DATASETS}, got {c.data.dataset!r}")
-  if c.data.dataset != "synthetic" and (bad := [m for m in ms if m in SCRIPTED_METHODS]):
+  ds = datasets(c)
+  if not ds or any(d not in DATASETS for d in ds):
+    raise ConfigError(f"data.dataset must list datasets from {DATASETS}, got {c.data.dataset!r}")
+  if "synthetic" in ds and len(ds) > 1:
+    raise ConfigError("data.dataset: synthetic tasks cannot be mixed with real datasets "
+                      f"(num_docs means sections there), got {c.data.dataset!r}")
+  synthetic = ds == ["synthetic"]
+  if not synthetic and (bad := [m for m in ms if m in SCRIPTED_METHODS]):
     raise ConfigError(f"methods {bad} are scripted for synthetic tasks only "
                       f"(data.dataset={c.data.dataset!r})")
-  if c.data.dataset == "synthetic":
+  if synthetic:
     from atommem_jax.agent.oracle import synthetic_config
 
     for n in lengths(c):
@@ -74,8 +84,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"model.dtype must be float32 or bfloat16, got {c.model.dtype!r}")
   if c.embedder not in EMBEDDERS:
     raise ConfigError(f"embedder must be one of {EMBEDDERS}, got {c.embedder!r}")
-  if c.data.dataset != "synthetic" and not data_dir(c).is_dir():
-    raise ConfigError(f"data.data_dir: {data_dir(c)} is not a directory")
+  if not synthetic:
+    if not data_dir(c).is_dir():
+      raise ConfigError(f"data.data_dir: {data_dir(c)} is not a directory")
+    from atommem_jax.eval.episodes import dev_file
+
+    for d in ds:
+      try:
+        dev_file(d, data_dir(c))
+      except FileNotFoundError as e:
+        raise ConfigError(f"data.dataset={d!r}: {e}") from None
   s = c.sampling
   if s.temperature < 0:
     raise ConfigError(f"sampling.temperature must be >= 0, got {s.temperature}")
@@ -92,6 +110,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"max_examples must be >= 0, got {c.max_examples}")
   if c.memory.top_k > c.memory.capacity:
     raise ConfigError(f"memory.top_k ({c.memory.top_k}) exceeds memory.capacity ({c.memory.capacity})")
+  from atommem_jax.agent.prompts import load_template
+
+  for key, kind in (("system", "system"), ("step", "step"), ("final", "final"),
+                    ("answer", "answer"), ("memagent_system", "system"),
+                    ("memagent_step", "step"), ("summary", "summary")):
+    try:
+      load_template(c.prompts[key], kind)
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f"prompts.{key}: {e}") from None
   if c.env.chunk_size <= 0 or not 0 <= c.env.overlap < c.env.chunk_size:
     raise ConfigError(f"env.chunk_size must be positive and env.overlap in [0, chunk_size); got "
                       f"{c.env.chunk_size}, {c.env.overlap}")

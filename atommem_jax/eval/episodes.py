@@ -57,11 +57,13 @@ def real_episodes(dataset: str, data_dir: pathlib.Path, num_docs: int, max_examp
   return out
 
 
-def load(c: ml_collections.ConfigDict, length: int, tokenizer=None) -> list[Episode]:
-  """Episodes of one context length for the configured dataset."""
-  if c.data.dataset == "synthetic":
+def load(c: ml_collections.ConfigDict, length: int, tokenizer=None, dataset: str | None = None
+         ) -> list[Episode]:
+  """Episodes of one context length for `dataset` (default: the first configured one)."""
+  dataset = dataset or cfg_lib.datasets(c)[0]
+  if dataset == "synthetic":
     from atommem_jax.agent import oracle
 
     return oracle.synthetic_episodes(c, num_chunks=length)
-  return real_episodes(c.data.dataset, cfg_lib.data_dir(c), length, c.max_examples,
+  return real_episodes(dataset, cfg_lib.data_dir(c), length, c.max_examples,
                        c.data.multi_question, seed=42 + c.seed)

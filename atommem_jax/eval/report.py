@@ -3,9 +3,15 @@
 `results.json` layout (read by scripts; stable):
   {"<method>": {"exact_match": float, "f1": float, "sub_em": float, "n": int,
                 "ops": {"per_step": {op: mean count per model call}, "totals": {...},
-                        "parse_error_rate": float, "by_position": {op: [mean at step t]}},
-                "by_length": {"<length>": {"exact_match": ..., "f1": ..., "sub_em": ..., "n": ...}}},
+                        "parse_error_rate": float, "by_position": {op: [mean at step t]},
+                        "errors_by_position": [share of calls with a parse error at step t],
+                        "unread_sections": mean sections left unread per episode},
+                "by_length": {"<length>": {"exact_match", "f1", "sub_em", "n",
+                                           "ops_per_step": {...}, "parse_error_rate"}},
+                "by_dataset": {"<dataset>": {"exact_match", "f1", "sub_em", "n",
+                                             "by_length": {...}}}},
    ...}
+`by_length` pools datasets; `by_dataset` is present when runs are keyed by (dataset, length).
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ def op_statistics(trajs: Sequence[Trajectory], max_positions: int = 64) -> dict:
   steps = 0
   errored = 0
   by_pos = {k: np.zeros(max_positions) for k in OP_KINDS}
+  err_pos = np.zeros(max_positions)
   pos_n = np.zeros(max_positions)
   for t in trajs:
     for s in t.steps:
@@ -46,6 +53,7 @@ def op_statistics(trajs: Sequence[Trajectory], max_positions: int = 64) -> dict:
       errored += bool(s.parse_errors)
       p = min(s.index, max_positions - 1)
       pos_n[p] += 1
+      err_pos[p] += bool(s.parse_errors)
       for op in s.ops:
         totals[op["kind"]] += 1
         by_pos[op["kind"]][p] += 1
@@ -59,31 +67,62 @@ def op_statistics(trajs: Sequence[Trajectory], max_positions: int = 64) -> dict:
       "per_step": {k: (totals[k] / steps if steps else 0.0) for k in OP_KINDS + ("answer",)},
       "parse_error_rate": errored / steps if steps else 0.0,
       "by_position": {k: (by_pos[k][:last] / denom).round(4).tolist() for k in OP_KINDS},
+      "errors_by_position": (err_pos[:last] / denom).round(4).tolist(),
+      "unread_sections": (float(np.mean([t.op_counts.get("unread_sections", 0) for t in trajs]))
+                          if trajs else 0.0),
   }
 
 
-def aggregate(runs: dict[str, dict[str, list[Trajectory]]]) -> dict:
-  """runs[method][length] -> trajectories  =>  the results.json dict."""
+def _cell(trajs: Sequence[Trajectory]) -> dict:
+  """Scores of one (dataset, length) cell plus its own op rates."""
+  block = _score_block(trajs)
+  ops = op_statistics(trajs)
+  block["ops_per_step"] = {k: round(ops["per_step"][k], 4) for k in OP_KINDS}
+  block["parse_error_rate"] = round(ops["parse_error_rate"], 4)
+  return block
+
+
+def _group(by_key: dict, index: int) -> dict[str, list[Trajectory]]:
+  out: dict[str, list[Trajectory]] = {}
+  for k, ts in by_key.items():
+    out.setdefault(str(k[index]), []).extend(ts)
+  return out
+
+
+def aggregate(runs: dict[str, dict]) -> dict:
+  """runs[method][length] or runs[method][(dataset, length)] -> trajectories => results.json."""
   results = {}
-  for method, by_len in runs.items():
-    all_t = [t for ts in by_len.values() for t in ts]
+  for method, cells in runs.items():
+    keyed = {(k if isinstance(k, tuple) else (None, k)): ts for k, ts in cells.items()}
+    all_t = [t for ts in keyed.values() for t in ts]
     block = _score_block(all_t)
     block["ops"] = op_statistics(all_t)
-    block["by_length"] = {str(k): _score_block(v) for k, v in by_len.items()}
+    block["by_length"] = {k: _cell(v) for k, v in _group(keyed, 1).items()}
+    datasets = sorted({d for d, _ in keyed if d is not None})
+    if datasets:
+      block["by_dataset"] = {}
+      for d in datasets:
+        mine = {k: v for k, v in keyed.items() if k[0] == d}
+        sub = _score_block([t for ts in mine.values() for t in ts])
+        sub["by_length"] = {k: _cell(v) for k, v in _group(mine, 1).items()}
+        block["by_dataset"][d] = sub
     results[method] = block
   return results
 
 
 def summary_table(results: dict) -> str:
-  """A markdown table: method x length, EM / F1 / sub-EM side by side."""
-  lines = ["| method | length | n | EM | F1 | sub-EM | ops/step (C R U D S) | parse err |",
-           "|---|---|---|---|---|---|---|---|"]
+  """A markdown table: method x dataset x length, EM / F1 / sub-EM side by side."""
+  lines = ["| method | dataset | length | n | EM | F1 | sub-EM | ops/step (C R U D S) | parse err |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for method, r in results.items():
-    ops = r["ops"]["per_step"]
-    opstr = " ".join(f"{ops[k]:.2f}" for k in OP_KINDS)
-    for length, b in r["by_length"].items():
-      lines.append(f"| {method} | {length} | {b['n']} | {b['exact_match']:.3f} | {b['f1']:.3f} | "
-                   f"{b['sub_em']:.3f} | {opstr} | {r['ops']['parse_error_rate']:.2f} |")
+    per_ds = r.get("by_dataset") or {"-": {"by_length": r["by_length"]}}
+    for ds, d in per_ds.items():
+      for length, b in d["by_length"].items():
+        ops = b.get("ops_per_step", r["ops"]["per_step"])
+        opstr = " ".join(f"{ops[k]:.2f}" for k in OP_KINDS)
+        err = b.get("parse_error_rate", r["ops"]["parse_error_rate"])
+        lines.append(f"| {method} | {ds} | {length} | {b['n']} | {b['exact_match']:.3f} | "
+                     f"{b['f1']:.3f} | {b['sub_em']:.3f} | {opstr} | {err:.2f} |")
   return "\n".join(lines)
 
 
@@ -93,10 +132,16 @@ def plot_scores(results: dict, path: pathlib.Path, x_label: str = "context lengt
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4), squeeze=False)
+  def order(s: str):
+    return (0, float(s), "") if s.replace(".", "").isdigit() else (1, 0.0, s)
+
   for ax, m in zip(axes[0], METRICS):
     for method, r in results.items():
-      xs = sorted(r["by_length"], key=lambda s: float(s) if s.replace(".", "").isdigit() else s)
-      ax.plot(xs, [r["by_length"][x][m] for x in xs], marker="o", label=method)
+      series = ({f"{method} ({d})": v["by_length"] for d, v in r["by_dataset"].items()}
+                if len(r.get("by_dataset", {})) > 1 else {method: r["by_length"]})
+      for label, by_len in series.items():
+        xs = sorted(by_len, key=order)
+        ax.plot(xs, [by_len[x][m] for x in xs], marker="o", label=label)
     ax.set_title(m)
     ax.set_xlabel(x_label)
     ax.set_ylim(-0.02, 1.02)
@@ -123,7 +168,8 @@ def plot_ops(results: dict, path: pathlib.Path):
     ax.set_title(f"{method}: ops per call")
     ax.set_xlabel("model call (step position)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a method may emit no ops at all
+      ax.legend(fontsize=7)
   axes[0][0].set_ylabel("mean ops of each kind")
   fig.tight_layout()
   fig.savefig(path, dpi=110)

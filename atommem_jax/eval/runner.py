@@ -18,6 +18,7 @@ import numpy as np
 from atommem_jax.agent import environment as env_lib
 from atommem_jax.agent import policies as pol
 from atommem_jax.agent import protocol
+from atommem_jax.agent.prompts import PromptSet
 from atommem_jax.agent.rollout import RolloutConfig, RolloutEngine
 from atommem_jax.agent.trajectory import Trajectory, write_jsonl
 from atommem_jax.eval import config as cfg_lib
@@ -91,14 +92,18 @@ def make_policy(method: str, model: Model | None, c: ml_collections.ConfigDict, 
                                 max_new_tokens=s.max_new_tokens, max_answer_tokens=s.max_answer_tokens,
                                 max_prompt_tokens=s.max_prompt_tokens)
   lm = pol.LMClient(model.config, model.params, model.tokenizer, sampling, seed=seed)
+  p = c.prompts
   if method == "atommem":
-    return pol.AtomMemPolicy(lm, max_memory_chars=c.max_memory_chars)
+    prompts = PromptSet.load(system=p.system, step=p.step, final=p.final)
+    return pol.AtomMemPolicy(lm, prompts, max_memory_chars=c.max_memory_chars,
+                             no_query_text=p.no_query_text, empty_memory_text=p.empty_memory_text)
   if method == "memagent":
-    return pol.MemAgentPolicy(lm)
+    return pol.MemAgentPolicy(lm, system=p.memagent_system, step=p.memagent_step,
+                              answer_template=p.answer)
   if method == "rag":
-    return pol.RAGPolicy(lm)
+    return pol.RAGPolicy(lm, answer_template=p.answer)
   if method == "static_summary":
-    return pol.StaticSummaryPolicy(lm)
+    return pol.StaticSummaryPolicy(lm, answer_template=p.answer, summary_template=p.summary)
   return lm  # full_context runs on the client directly
 
 
@@ -108,7 +113,8 @@ def rollout_config(c: ml_collections.ConfigDict, method: str, dim: int) -> Rollo
     allowed = (protocol.SCRATCHPAD,)
   return RolloutConfig(
       env=env_lib.EnvConfig(chunk_size=c.env.chunk_size, overlap=c.env.overlap,
-                            max_calls=c.env.max_calls, max_query_times=c.env.max_query_times),
+                            max_calls=c.env.max_calls, max_query_times=c.env.max_query_times,
+                            answer_after_budget=c.env.answer_after_budget),
       memory=mem_lib.MemoryConfig(capacity=c.memory.capacity, dim=dim, top_k=c.memory.top_k,
                                   overflow=c.memory.overflow, delete_mode=c.memory.delete_mode),
       max_ops=c.memory.max_ops, allowed_ops=allowed)
@@ -141,52 +147,70 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   embed_fn, dim = build_embedder(c, model)
   echo(f"[setup] model={c.model.source} embedder={c.embedder} ({time.perf_counter() - t0:.1f}s)")
   tokenizer = model.tokenizer if model else None
-  runs: dict[str, dict[str, list[Trajectory]]] = {}
+  runs: dict[str, dict[tuple[str, str], list[Trajectory]]] = {}
   timings: dict[str, float] = {}
-  prompt_lens: dict[str, int] = {}
-  for length in cfg_lib.lengths(c):
-    eps = episodes_lib.load(c, length, tokenizer)
-    echo(f"[data] {c.data.dataset} length={length}: {len(eps)} episodes, "
-         f"{np.mean([len(e.document) for e in eps]):.0f} chars on average")
-    for method in cfg_lib.methods(c):
-      policy = make_policy(method, model, c, c.seed)
-      start = time.perf_counter()
-      trajs: list[Trajectory] = []
-      bs = c.sampling.batch_size
-      bar = tqdm(total=len(eps), desc=f"{method}@{length}", unit="ep", leave=False)
-      for k in range(0, len(eps), bs):
-        batch = eps[k:k + bs]
-        if method == "full_context":
-          trajs += pol.full_context(policy, batch, metrics.score_all)
-        else:
-          eng = RolloutEngine(rollout_config(c, method, dim), tokenizer,
-                              embed_fn, metrics.score_all)
-          trajs += eng.run(batch, policy, group_size=c.group_size)
-        bar.update(len(batch))
-      bar.close()
-      timings[f"{method}@{length}"] = time.perf_counter() - start
-      lm = policy if isinstance(policy, pol.LMClient) else getattr(policy, "lm", None)
-      if lm is not None:
-        prompt_lens[method] = max(prompt_lens.get(method, 0), lm.max_prompt_len)
-      runs.setdefault(method, {})[str(length)] = trajs
-      if c.get("verbose", False):
-        for t in trajs[:3]:
-          _print_steps(t, echo)
-      sc = report._score_block(trajs)
-      echo(f"[{method}@{length}] EM={sc['exact_match']:.3f} F1={sc['f1']:.3f} "
-           f"sub-EM={sc['sub_em']:.3f} n={sc['n']} ({timings[f'{method}@{length}']:.1f}s)")
+  prompt_stats: dict[str, dict[str, int]] = {}
+  for dataset in cfg_lib.datasets(c):
+    for length in cfg_lib.lengths(c):
+      eps = episodes_lib.load(c, length, tokenizer, dataset=dataset)
+      echo(f"[data] {dataset} length={length}: {len(eps)} episodes, "
+           f"{np.mean([len(e.document) for e in eps]):.0f} chars on average")
+      for method in cfg_lib.methods(c):
+        cell = f"{method}@{dataset}/{length}"
+        policy = make_policy(method, model, c, c.seed)
+        start = time.perf_counter()
+        trajs: list[Trajectory] = []
+        bs = c.sampling.batch_size
+        bar = tqdm(total=len(eps), desc=cell, unit="ep", leave=False)
+        for k in range(0, len(eps), bs):
+          batch = eps[k:k + bs]
+          if method == "full_context":
+            trajs += pol.full_context(policy, batch, metrics.score_all,
+                                      answer_template=c.prompts.answer)
+          else:
+            eng = RolloutEngine(rollout_config(c, method, dim), tokenizer,
+                                embed_fn, metrics.score_all)
+            trajs += eng.run(batch, policy, group_size=c.group_size,
+                             progress=lambda step, active: bar.set_postfix(
+                                 call=step, running=active, refresh=True))
+          bar.update(len(batch))
+        bar.close()
+        timings[cell] = time.perf_counter() - start
+        lm = policy if isinstance(policy, pol.LMClient) else getattr(policy, "lm", None)
+        if lm is not None:
+          st = prompt_stats.setdefault(method, {"longest_prompt_tokens": 0,
+                                                "longest_prompt_tokens_before_cut": 0,
+                                                "truncated_prompts": 0, "model_calls": 0})
+          st["longest_prompt_tokens"] = max(st["longest_prompt_tokens"], lm.max_prompt_len)
+          st["longest_prompt_tokens_before_cut"] = max(st["longest_prompt_tokens_before_cut"],
+                                                       lm.max_raw_prompt_len)
+          st["truncated_prompts"] += lm.truncated_prompts
+          st["model_calls"] += lm.prompts_encoded
+        runs.setdefault(method, {})[(dataset, str(length))] = trajs
+        if c.get("verbose", False):
+          for t in trajs[:3]:
+            _print_steps(t, echo)
+        sc = report._score_block(trajs)
+        echo(f"[{cell}] EM={sc['exact_match']:.3f} F1={sc['f1']:.3f} "
+             f"sub-EM={sc['sub_em']:.3f} n={sc['n']} ({timings[cell]:.1f}s)")
+        # Completed cells survive an interrupted run: results so far, rewritten per cell.
+        (out / "results.partial.json").write_text(json.dumps(report.aggregate(runs), indent=2))
   results = report.aggregate(runs)
   for method in results:
     results[method]["seconds"] = sum(v for k, v in timings.items() if k.startswith(method + "@"))
-    if method in prompt_lens:
-      results[method]["longest_prompt_tokens"] = prompt_lens[method]
-  x_label = "sections per document" if c.data.dataset == "synthetic" else "documents per context"
+    results[method].update(prompt_stats.get(method, {}))
+  x_label = ("sections per document" if cfg_lib.datasets(c) == ["synthetic"]
+             else "documents per context")
   paths = report.write_reports(results, out, x_label)
   all_trajs = list(report.flatten(runs))
   jsonl = write_jsonl(out / "trajectories.jsonl", all_trajs)
   html = out / "trajectories.html"
   html.write_text(viewer.render_html(all_trajs[: c.viewer_episodes], title=f"atommem-jax · {out.name}"))
   echo("\n" + report.summary_table(results))
+  for method, st in prompt_stats.items():
+    echo(f"[prompts] {method}: longest {st['longest_prompt_tokens']} tokens "
+         f"({st['longest_prompt_tokens_before_cut']} before the head+tail cut; "
+         f"{st['truncated_prompts']} of {st['model_calls']} prompts cut)")
   echo(f"\n[done] {paths['results']}  {paths['summary']}  {paths['scores_png']}  {paths['ops_png']}"
        f"  {jsonl}  {html}")
   return results

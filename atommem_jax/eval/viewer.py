@@ -41,7 +41,7 @@ def _e(s) -> str:
 def _step_html(s: StepRecord) -> str:
   ops = "".join(
       f'<span class="op {_e(o.get("kind"))}">{_e(o.get("kind"))}'
-      f'{"" if o.get("id") is None else " #" + _e(o.get("id"))}</span> {_e(o.get("text", ""))[:200]}<br>'
+      f'{"" if o.get("id") is None else " #" + _e(o.get("id"))}</span> {_e(str(o.get("text", ""))[:200])}<br>'
       for o in s.ops)
   if s.answer is not None:
     ops += f'<span class="op answer">answer</span> {_e(s.answer)}<br>'

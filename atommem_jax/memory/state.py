@@ -288,6 +288,10 @@ def search(state: MemoryState, query_embedding: jax.Array, k: int,
   scores = jnp.where(state.alive, emb @ q, -jnp.inf)  # [C]
   ids = jnp.where(state.alive, state.entry_id, jnp.iinfo(jnp.int32).max)  # [C]
   neg, sorted_ids = jax.lax.sort((-scores, ids), num_keys=2)
+  if k > sorted_ids.shape[0]:  # more asked than the capacity: pad with "not found"
+    extra = k - sorted_ids.shape[0]
+    neg = jnp.pad(neg, (0, extra), constant_values=jnp.inf)
+    sorted_ids = jnp.pad(sorted_ids, (0, extra), constant_values=-1)
   top_ids, top_scores = sorted_ids[:k], -neg[:k]
   found = jnp.isfinite(top_scores)
   return jnp.where(found, top_ids, -1), jnp.where(found, top_scores, -jnp.inf)

@@ -40,7 +40,8 @@ import numpy as np
 from atommem_jax.models import transformer
 from atommem_jax.models.config import ModelConfig
 
-DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Powers of two up to 1024, then 1.5x steps: long prompts waste at most a third on padding.
+DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 # Incremented each time a jitted function is traced (i.e. compiled); tests read it to
 # prove that a second call with the same shapes reuses the compiled program.
@@ -180,7 +181,7 @@ def _prefill(config: ModelConfig, params, tokens: jax.Array, pad: jax.Array, key
   # token's call yields the only logits we need.
   if plen > 1:
     _, cache = transformer.apply(config, params, tokens[:, :-1], positions[:, :-1], cache=cache,
-                                 attn_mask=mask[:, :-1])
+                                 attn_mask=mask[:, :-1], prefill=True)
   logits, cache = transformer.apply(config, params, tokens[:, -1:], positions[:, -1:],
                                     cache=cache, attn_mask=mask[:, -1:])  # [B, 1, V]
   k = 0 if stop_tables is None else stop_tables.shape[0]
@@ -360,6 +361,27 @@ def bucket_length(length: int, bucket_sizes: Sequence[int]) -> int:
   return -(-length // buckets[-1]) * buckets[-1]
 
 
+def _unpad(prompts: Any, prompt_lengths: Any, padding_side: str) -> list[Sequence[int]]:
+  """Ragged token lists from `generate`'s two prompt forms (see its docstring)."""
+  if padding_side not in ("left", "right"):
+    raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+  if prompt_lengths is None:
+    if isinstance(prompts, (np.ndarray, jax.Array)) and np.ndim(prompts) == 2:
+      raise ValueError("a padded [B, T] prompt array needs prompt_lengths (and padding_side)")
+    return list(prompts)
+  arr = np.asarray(prompts)
+  lengths = np.asarray(prompt_lengths)
+  if arr.ndim != 2 or lengths.shape != (arr.shape[0],):
+    raise ValueError(f"padded prompts must be [B, T] with prompt_lengths [B]; got "
+                     f"{arr.shape} and {lengths.shape}")
+  if lengths.min(initial=1) < 1 or lengths.max(initial=0) > arr.shape[1]:
+    raise ValueError(f"prompt_lengths must be in [1, T={arr.shape[1]}], got {lengths.tolist()}")
+  t = arr.shape[1]
+  if padding_side == "left":
+    return [arr[b, t - n:].tolist() for b, n in enumerate(lengths.tolist())]
+  return [arr[b, :n].tolist() for b, n in enumerate(lengths.tolist())]
+
+
 def _stop_id_array(stop_token_ids: int | Sequence[int] | None) -> jax.Array:
   if stop_token_ids is None:
     ids: list[int] = []
@@ -377,14 +399,23 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
              max_new_tokens: int = 256, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, stop_token_ids: Any = _USE_CONFIG_EOS,
              stop_strings: Sequence[str] = (), tokenizer: Any = None, seed: int = 0,
-             pad_id: int = 0, bucket_sizes: Sequence[int] = DEFAULT_BUCKETS) -> GenerationOutput:
-  """Samples up to `max_new_tokens` new tokens for each prompt (a ragged list of token ids).
+             pad_id: int = 0, bucket_sizes: Sequence[int] = DEFAULT_BUCKETS,
+             prompt_lengths: Sequence[int] | np.ndarray | None = None,
+             padding_side: str = "left") -> GenerationOutput:
+  """Samples up to `max_new_tokens` new tokens for each prompt.
+
+  `prompts` is a ragged list of token-id lists, or an already padded int array `[B, T]`
+  with `prompt_lengths` `[B]` and `padding_side` ("left": the tokens are the last
+  length_b of the row, as HF tokenizers pad for generation; "right": the first length_b).
+  Either way each row's positions start at 0 at its first real token and padding is never
+  attended to (rows are re-padded into a bucket internally).
 
   temperature 0 is greedy (top_k / top_p ignored); otherwise softmax(logits / temperature)
   restricted to the top_k tokens and then to the smallest top_p nucleus. A row stops after
   emitting any of `stop_token_ids` (default: `config.eos_token_id`) or a token that
   completes one of `stop_strings` (needs `tokenizer`). Same seed, same inputs -> same output.
   """
+  prompts = _unpad(prompts, prompt_lengths, padding_side)
   if not prompts:
     raise ValueError("prompts must be a non-empty list of token-id lists")
   if any(len(p) == 0 for p in prompts):
@@ -406,8 +437,9 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
 
   lens = np.array([len(p) for p in prompts], np.int32)
   plen = bucket_length(int(lens.max()), bucket_sizes)
-  if plen + max_new_tokens > config.max_position_embeddings:
-    raise ValueError(f"prompt bucket {plen} + max_new_tokens {max_new_tokens} exceeds "
+  # Positions restart at 0 on every row, so the longest real prompt (not the bucket) bounds them.
+  if int(lens.max()) + max_new_tokens > config.max_position_embeddings:
+    raise ValueError(f"longest prompt {int(lens.max())} + max_new_tokens {max_new_tokens} exceeds "
                      f"max_position_embeddings={config.max_position_embeddings}")
   tokens = np.full((len(prompts), plen), pad_id, np.int32)  # [B, P] left-padded
   for b, p in enumerate(prompts):

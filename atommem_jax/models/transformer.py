@@ -139,7 +139,7 @@ class Transformer(nnx.Module):
       self.lm_head = p((c.hidden_size, c.vocab_size), ("embed", "vocab"), init="normal")
 
   def __call__(self, tokens: Array, positions: Array, cache: Cache | None = None,
-               attn_mask: Array | None = None, *, remat: bool = False
+               attn_mask: Array | None = None, *, remat: bool = False, prefill: bool = False
                ) -> tuple[Array, Cache | None]:
     """Logits `[B, T, V]` float32 for int32 `tokens`/`positions` `[B, T]`.
 
@@ -148,11 +148,12 @@ class Transformer(nnx.Module):
     causality) and returns the cache advanced by T. Without: causal attention over the T
     tokens, AND-ed with `attn_mask` `[B, T, T]` if given. remat: recompute each layer's
     activations in the backward pass (`jax.checkpoint` on the scanned layer) for training.
+    prefill: the cache is empty and the mask causal; attend among the new tokens only.
     """
     layer_params = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
     lm_head = None if self.config.tie_word_embeddings else self.lm_head[...]
     return _forward(self.config, self.embed[...], layer_params, self.final_norm[...], lm_head,
-                    tokens, positions, cache, attn_mask, remat=remat)
+                    tokens, positions, cache, attn_mask, remat=remat, prefill=prefill)
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -176,13 +177,23 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def gqa_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def gqa_attention(q: Array, k: Array, v: Array, mask: Array, causal_block: int = 0) -> Array:
   """Grouped-query attention without repeating K/V.
 
   q `[B, T, H, Dh]`, k/v `[B, S, Hkv, Dh]`, mask `[B, T, S]` bool -> `[B, T, H, Dh]`.
+  causal_block > 0 declares the mask causal over T == S keys (no query sees a later key):
+  queries are then processed in blocks of that size, each against the keys up to its own
+  end only. Same result; half the score FLOPs, and [B, H, blk, S] score tiles instead of
+  one [B, H, T, S] tensor (long prefills on CPU are bound by that tensor's memory traffic).
   """
   b, t, h, dh = q.shape
   hkv = k.shape[2]
+  if causal_block and t == k.shape[1] and t > causal_block:
+    outs = []
+    for start in range(0, t, causal_block):
+      end = min(t, start + causal_block)
+      outs.append(gqa_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
+    return jnp.concatenate(outs, axis=1)
   q = q.reshape(b, t, hkv, h // hkv, dh)  # [B, T, Hkv, G, Dh]
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k,
                       preferred_element_type=jnp.float32) * (dh ** -0.5)  # [B, Hkv, G, T, S]
@@ -192,14 +203,19 @@ def gqa_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
   return out.reshape(b, t, h, dh)
 
 
+PREFILL_QUERY_BLOCK = 512  # query block of causal prefill attention (see gqa_attention)
+
+
 def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm: Array,
              lm_head: Array | None, tokens: Array, positions: Array, cache: Cache | None,
-             attn_mask: Array | None, return_hidden: bool = False, remat: bool = False
-             ) -> tuple[Array, Cache | None]:
+             attn_mask: Array | None, return_hidden: bool = False, remat: bool = False,
+             prefill: bool = False) -> tuple[Array, Cache | None]:
   """The pure forward pass over raw arrays (what `Transformer.__call__` and `apply` run).
 
   return_hidden: return the final-norm hidden states `[B, T, D]` (compute dtype) instead of
   the logits (for embedders, and for chunked log-prob computation over large vocabularies).
+  prefill: the cache is empty (index 0) and `attn_mask` is causal, so the T new tokens attend
+  among themselves only (`attn_mask[:, :, :T]`, blocked) rather than over all S cache slots.
   """
   c = config
   dtype = c.jnp_dtype
@@ -225,6 +241,11 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
     if cache.k.shape[1] != b:
       raise ValueError(f"cache batch {cache.k.shape[1]} != tokens batch {b}")
     mask = attn_mask.astype(bool)
+    if prefill:
+      mask = mask[:, :, :t]
+  if prefill and cache is None:
+    raise ValueError("prefill=True needs a cache to fill")
+  causal_block = PREFILL_QUERY_BLOCK if (prefill or cache is None) else 0
 
   x = embed[tokens].astype(dtype)  # [B, T, D]
   lp = {k: v.astype(dtype) for k, v in lp.items()}
@@ -244,16 +265,17 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
       k = rms_norm(k, w["k_norm"], c.rms_norm_eps)
     q = apply_rope(q, positions, c.rope_theta)
     k = apply_rope(k, positions, c.rope_theta)
-    if kc is None:
+    if kc is None or prefill:
       k_all, v_all = k, v
-    else:
+    if kc is not None:
       # Write only this layer's T new slots of the [L, B, S, Hkv, Dh] carry (in place).
       start = (li, 0, index, 0, 0)
       kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype)[None], start)
       vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype)[None], start)
-      k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)
-      v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
-    attn = gqa_attention(q, k_all, v_all, mask)  # [B, T, H, Dh]
+      if not prefill:
+        k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)
+        v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
+    attn = gqa_attention(q, k_all, v_all, mask, causal_block)  # [B, T, H, Dh]
     out = jnp.einsum("bthk,hkd->btd", attn, w["o_proj"])
     if "o_bias" in w:
       out = out + w["o_bias"]
@@ -302,11 +324,11 @@ def init_params(config: ModelConfig, seed: int = 0) -> nnx.State:
 
 
 def apply(config: ModelConfig, params: nnx.State, tokens: Array, positions: Array,
-          cache: Cache | None = None, attn_mask: Array | None = None, *, remat: bool = False
-          ) -> tuple[Array, Cache | None]:
+          cache: Cache | None = None, attn_mask: Array | None = None, *, remat: bool = False,
+          prefill: bool = False) -> tuple[Array, Cache | None]:
   """Functional `Transformer.__call__`; jit it with `config` static (it is hashable)."""
   model = nnx.merge(_graphdef(config), params)
-  return model(tokens, positions, cache, attn_mask, remat=remat)
+  return model(tokens, positions, cache, attn_mask, remat=remat, prefill=prefill)
 
 
 def hidden_states(config: ModelConfig, params: nnx.State, tokens: Array, positions: Array,

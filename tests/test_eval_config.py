@@ -8,7 +8,8 @@ import pytest
 from atommem_jax.eval import config as cfg_lib
 
 
-@pytest.mark.parametrize("name", ["default", "eval_oracle_synthetic", "tiny_test"])
+@pytest.mark.parametrize("name", ["default", "eval_oracle_synthetic", "tiny_test",
+                                  "eval_hotpotqa_smollm2"])
 def test_shipped_configs_validate(name):
   c = importlib.import_module(f"configs.{name}").get_config()
   cfg_lib.validate(c)
@@ -19,6 +20,10 @@ def test_shipped_configs_validate(name):
     ("methods", "atommem,telepathy", "unknown method 'telepathy'"),
     ("methods", "oracle", "synthetic tasks only"),
     ("data.dataset", "squad", "data.dataset"),
+    ("data.dataset", "hotpotqa,synthetic", "cannot be mixed"),
+    ("prompts.step", "no_such_template.txt", "prompts.step"),
+    ("prompts.answer", "step.txt", "prompts.answer"),  # wrong placeholders for an answer turn
+    ("env.max_calls", -1, "env.max_calls"),
     ("data.num_docs", "50,lots", "data.num_docs"),
     ("model.source", "hf:/does/not/exist", "does not exist"),
     ("model.source", "mystery", "model.source"),
@@ -51,4 +56,12 @@ def test_model_none_needs_scripted_methods_only():
   c = importlib.import_module("configs.eval_oracle_synthetic").get_config()
   c.methods = "oracle,atommem"
   with pytest.raises(cfg_lib.ConfigError, match="need a policy model"):
+    cfg_lib.validate(c)
+
+
+def test_missing_dataset_file_is_named(tmp_path):
+  c = importlib.import_module("configs.default").get_config()
+  c.data.data_dir = str(tmp_path)
+  c.data.dataset = "musique"
+  with pytest.raises(cfg_lib.ConfigError, match="musique.*musique_ans_v1.0_dev.jsonl"):
     cfg_lib.validate(c)

@@ -89,3 +89,40 @@ def test_cli_rejects_a_bad_config_before_compute(tmp_path):
   assert proc.returncode != 0
   assert "unknown method 'telepathy'" in proc.stderr
   assert not (tmp_path / "x").exists()
+
+
+def test_real_dataset_files_and_an_hf_checkpoint_through_the_cli_runner(tmp_path, test_tokenizer):
+  """The real-data path (official file names, three datasets, two lengths) with a tiny random
+  model loaded from a Hugging Face directory (`model.source=hf:<dir>`)."""
+  from _data_fixtures import hotpot_records, musique_records, write_json
+
+  from atommem_jax.models import config as model_config
+  from atommem_jax.models.hf_io import save_pretrained
+  from atommem_jax.models.transformer import init_params
+
+  data = tmp_path / "data"
+  data.mkdir()
+  write_json(data / "hotpot_dev_distractor_v1.json", hotpot_records(12))
+  write_json(data / "dev.json", [dict(r, _id=f"w{i}", evidences=[]) for i, r in
+                                 enumerate(hotpot_records(12))])
+  write_json(data / "musique_ans_v1.0_dev.jsonl", musique_records(12), jsonl=True)
+  ckpt = tmp_path / "ckpt"
+  mc = model_config.tiny("llama", vocab_size=max(512, len(test_tokenizer)),
+                         eos_token_id=test_tokenizer.eos_token_id, max_position_embeddings=4096)
+  save_pretrained(mc, init_params(mc, seed=3), ckpt)
+  test_tokenizer.save_pretrained(ckpt)
+  c = _config("tiny_test", tmp_path, max_examples=2, methods="atommem,rag,full_context",
+              **{"model.source": f"hf:{ckpt}", "data.dataset": "hotpotqa,2wiki,musique",
+                 "data.data_dir": str(data), "data.num_docs": "4,8", "env.chunk_size": 96})
+  cfg_lib.validate(c)
+  res = runner.evaluate(c, echo=lambda s: None)
+  for m in ("atommem", "rag", "full_context"):
+    assert res[m]["n"] == 3 * 2 * 2  # datasets x lengths x questions
+    assert set(res[m]["by_dataset"]) == {"hotpotqa", "2wiki", "musique"}
+    assert set(res[m]["by_dataset"]["musique"]["by_length"]) == {"4", "8"}
+  assert res["atommem"]["longest_prompt_tokens_before_cut"] >= res["atommem"]["longest_prompt_tokens"]
+  summary = (tmp_path / "tiny_test" / "summary.md").read_text()
+  assert "| atommem | 2wiki | 8 | 2 |" in summary
+  trajs = list(read_jsonl(tmp_path / "tiny_test" / "trajectories.jsonl"))
+  assert {t.meta["dataset"] for t in trajs} == {"hotpotqa", "2wiki", "musique"}
+  assert {t.episode_id.rsplit("-", 1)[1] for t in trajs} == {"4", "8"}

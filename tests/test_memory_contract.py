@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from atommem_jax.memory import state as S
-from atommem_jax.memory.scann_store import MemoryOpError, ScannStore
+from atommem_jax.memory.scann_store import AnnConfig, MemoryOpError, ScannStore
 
 D, CAPACITY = 4, 5
 _vec = st.lists(st.integers(-2, 2), min_size=D, max_size=D).map(
@@ -107,11 +107,14 @@ _jit_search = jax.jit(S.search, static_argnames="k")
 
 
 class ScannBackend:
+  ann = AnnConfig()  # default: exact below 20,000 entries, so small runs test the numpy path
+
   def __init__(self, capacity: int, overflow: str, _store=None):
-    self.store = _store if _store is not None else ScannStore(D, capacity=capacity, overflow=overflow)
+    self.store = (_store if _store is not None
+                  else ScannStore(D, capacity=capacity, overflow=overflow, ann=self.ann))
 
   def copy(self):
-    return ScannBackend(0, "", self.store)
+    return type(self)(0, "", self.store)
 
   def create(self, text, vec):
     try:
@@ -138,15 +141,30 @@ class ScannBackend:
     return self.store.read(q, k)
 
 
+class ScannAnnBackend(ScannBackend):
+  """The ScaNN tree + AH path from 20 entries on (AH needs >= 16 training points), probing
+  every leaf and re-scoring every candidate: then it must equal the reference exactly, so
+  the contract checks the ScaNN plumbing (docids, upsert, delete, rebuilds, old versions)."""
+
+  ann = AnnConfig(ann_threshold=20, leaves_to_search_frac=1.0, min_leaves_to_search=1,
+                  reorder=1000, rebuild_growth=1.5)
+
+
 class ContractMachine(RuleBasedStateMachine):
   backend_cls = None
   overflow = "error"
+  capacity = CAPACITY
+  prefill = 0  # entries created before the random ops (to start above an ANN threshold)
 
   @initialize()
   def start(self):
-    self.ref = Reference(CAPACITY, self.overflow)
-    self.impl = self.backend_cls(CAPACITY, self.overflow)
+    self.ref = Reference(self.capacity, self.overflow)
+    self.impl = self.backend_cls(self.capacity, self.overflow)
     self.history: list[tuple[Reference, object]] = []
+    rng = np.random.default_rng(self.prefill)
+    for i in range(self.prefill):
+      vec = rng.integers(-2, 3, D).astype(np.float32)
+      assert self.impl.create(f"p{i}", vec) == self.ref.create(f"p{i}", vec)
 
   def _snapshot(self):
     self.history.append((self.ref.copy(), self.impl.copy()))
@@ -174,20 +192,20 @@ class ContractMachine(RuleBasedStateMachine):
   @rule(data=st.data(), q=_vec)
   def read_old_version(self, data, q):
     ref, impl = self.history[data.draw(st.integers(0, len(self.history) - 1))]
-    assert impl.read(q, CAPACITY) == ref.read(q, CAPACITY)
+    assert impl.read(q, self.capacity) == ref.read(q, self.capacity)
 
   @invariant()
   def same_size(self):
     if hasattr(self, "ref"):
-      assert len(self.impl.read(np.zeros(D, np.float32), CAPACITY)) == len(self.ref.entries)
+      assert len(self.impl.read(np.zeros(D, np.float32), self.capacity)) == len(self.ref.entries)
 
 
 _SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None)
 
 
-def _machine(backend, overflow):
+def _machine(backend, overflow, **attrs):
   return type(f"{backend.__name__}_{overflow}", (ContractMachine,),
-              {"backend_cls": backend, "overflow": overflow})
+              {"backend_cls": backend, "overflow": overflow, **attrs})
 
 
 @pytest.mark.parametrize("overflow", ["error", "evict_oldest"])
@@ -195,4 +213,13 @@ def _machine(backend, overflow):
 def test_contract(backend, overflow):
   machine = _machine(backend, overflow)
   machine.TestCase.settings = _SETTINGS
+  machine.TestCase("runTest").runTest()
+
+
+@pytest.mark.parametrize("overflow", ["error", "evict_oldest"])
+@pytest.mark.parametrize("backend", [DeviceBackend, ScannAnnBackend], ids=["device", "scann_ann"])
+def test_contract_above_the_ann_threshold(backend, overflow):
+  """24 entries to start, capacity 26: ScaNN's tree + AH serve every read, overflow is near."""
+  machine = _machine(backend, overflow, capacity=26, prefill=24)
+  machine.TestCase.settings = settings(max_examples=12, stateful_step_count=20, deadline=None)
   machine.TestCase("runTest").runTest()

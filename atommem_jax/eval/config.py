@@ -119,6 +119,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
       load_template(c.prompts[key], kind)
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f"prompts.{key}: {e}") from None
+  if c.env.max_calls < 0 or c.env.max_query_times < 0:
+    raise ConfigError(f"env.max_calls and env.max_query_times must be >= 0, got "
+                      f"{c.env.max_calls}, {c.env.max_query_times}")
   if c.env.chunk_size <= 0 or not 0 <= c.env.overlap < c.env.chunk_size:
     raise ConfigError(f"env.chunk_size must be positive and env.overlap in [0, chunk_size); got "
                       f"{c.env.chunk_size}, {c.env.overlap}")

@@ -387,20 +387,38 @@ class ScannStore:
         cand_ids = np.broadcast_to(cache.ids[:n], (len(q), n))  # [Q, n]
         cand_scores = q @ cache.mat[:n].T  # [Q, n]
       else:
-        search = (cache.searcher.search_batched_parallel if self._s.ann.parallel_search
-                  else cache.searcher.search_batched)
-        found, _ = search(q, final_num_neighbors=min(k, n))
-        width = max(len(f) for f in found)
-        cand_ids = np.full((len(q), width), -1, np.int64)
-        for i, f in enumerate(found):
-          cand_ids[i, :len(f)] = f
-        slots = np.array([[cache.slot[int(e)] if e >= 0 else 0 for e in row] for row in cand_ids])
-        cand_scores = np.einsum("qd,qcd->qc", q, cache.mat[slots])  # exact re-scoring
-        cand_scores[cand_ids < 0] = -np.inf
+        # 2k candidates, so that ties at the k-th score can be broken by id; rows whose tie
+        # runs past the candidates are asked again as deep as the reorder stage goes.
+        want = min(n, 2 * k)
+        cand_ids, cand_scores = self._ann_candidates(cache, q, want)
+        kth = np.sort(cand_scores, axis=-1)[:, -min(k, want)]
+        deeper = np.flatnonzero((cand_scores[:, -1] >= kth) & (want < n))
+        if len(deeper):
+          deep = min(n, max(self._s.ann.reorder, want))
+          d_ids, d_scores = self._ann_candidates(cache, q[deeper], deep)
+          pad = d_ids.shape[1] - cand_ids.shape[1]
+          cand_ids = np.pad(cand_ids, ((0, 0), (0, pad)), constant_values=-1)
+          cand_scores = np.pad(cand_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+          cand_ids[deeper], cand_scores[deeper] = d_ids, d_scores
     m = min(k, cand_ids.shape[1])
     ids_out[:, :m], scores_out[:, :m] = top_k_by_score_then_id(cand_ids, cand_scores, m)
     ids_out[~np.isfinite(scores_out)] = -1
     return ids_out, scores_out
+
+  def _ann_candidates(self, cache, q: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """ScaNN's `width` best candidates per query, re-scored exactly: ids, scores [Q, width]
+    (sorted by score desc; -1 / -inf padded)."""
+    search = (cache.searcher.search_batched_parallel if self._s.ann.parallel_search
+              else cache.searcher.search_batched)
+    found, _ = search(q, final_num_neighbors=width)
+    cand_ids = np.full((len(q), width), -1, np.int64)
+    for i, f in enumerate(found):
+      cand_ids[i, :len(f)] = f
+    slots = np.array([[cache.slot[int(e)] if e >= 0 else 0 for e in row] for row in cand_ids])
+    cand_scores = np.einsum("qd,qcd->qc", q, cache.mat[slots])  # exact re-scoring
+    cand_scores[cand_ids < 0] = -np.inf
+    order = np.argsort(-cand_scores, axis=-1, kind="stable")
+    return np.take_along_axis(cand_ids, order, -1), np.take_along_axis(cand_scores, order, -1)
 
   def read(self, query_embedding, k: int) -> list[tuple[int, str, float]]:
     """Top-k entries for one query as (id, text, score), best first."""

@@ -88,7 +88,6 @@ def test_load_bert_errors_name_the_problem(tmp_path):
     E._bert_pure_dict(cfg, {})
 
 
-@pytest.mark.slow
 def test_minilm_parity_with_sentence_transformers(minilm):
   """Acceptance: cosine >= 0.9999 vs sentence-transformers (torch) on 50 sentences, offline."""
   st = pytest.importorskip("sentence_transformers")

@@ -166,7 +166,6 @@ def test_bad_files_are_named(tmp_path):
     gguf_io.from_gguf(tmp_path / "short.gguf", dtype=jnp.int32)
 
 
-@pytest.mark.slow  # 30 layers in two frameworks + two GGUF reads
 def test_smollm2_gguf_matches_transformers_logits_and_greedy_generation():
   torch = pytest.importorskip("torch")
   from transformers import AutoModelForCausalLM
@@ -194,3 +193,17 @@ def test_smollm2_gguf_matches_transformers_logits_and_greedy_generation():
                            pad_token_id=config.eos_token_id)[0, ids.shape[1]:].tolist()
   assert len(ref_ids) >= 16  # a real continuation, not an immediate stop
   assert out.to_lists()[0] == ref_ids
+
+
+@pytest.mark.slow  # writes SmolLM2-135M as fp32 safetensors (~0.5 GB) and reads it back
+def test_export_smollm2_gguf_to_hf_dir_round_trips(tmp_path):
+  from atommem_jax.models.tokenizer import load_tokenizer, smollm2_gguf_path
+
+  path = smollm2_gguf_path()
+  out = gguf_io.export_gguf_to_hf(path, tmp_path / "smollm2_hf")
+  config, params = gguf_io.from_gguf(path)
+  hf_config, hf_params = hf_io.from_pretrained(out)
+  assert hf_config == config
+  _assert_params_equal(hf_params, params)
+  text = "<|im_start|>user\nWhere is Paris?<|im_end|>"
+  assert load_tokenizer(out)(text)["input_ids"] == load_tokenizer(path)(text)["input_ids"]

@@ -1,13 +1,15 @@
 """The README's main job: prompted SmolLM2-135M-Instruct as an AtomMem agent vs baselines.
 
-Runs on 2 CPU cores in a few minutes: 4 real HotpotQA dev questions, MemAgent-style
-documents of 50 Wikipedia paragraphs (~7K tokens) read in 1,024-token sections.
+Runs on 2 CPU cores in a few minutes: 3 real HotpotQA dev questions, MemAgent-style
+documents of 50 Wikipedia paragraphs (~7K tokens) read in 2,048-token sections, at most 6
+reading calls per episode (then it answers), 128 new tokens per call.
 
   python -m atommem_jax.eval --config=configs/default.py
-Scale up with overrides, e.g. `--config.max_examples=50 --config.data.num_docs=50,200`,
-or `--config.env.chunk_size=4000 --config.model.source=hf:/ckpt/AtomMem-8B` on a pod.
-The untrained 135M model mostly fails the protocol; these numbers are the starting point
-that SFT/GRPO must beat.
+Scale up with overrides, e.g. `--config.max_examples=50 --config.data.num_docs=50,200`
+(or configs/eval_hotpotqa_smollm2.py for every method on 50 questions), or
+`--config.env.chunk_size=4000 --config.env.max_calls=41 --config.model.source=hf:/ckpt/AtomMem-8B`
+on an accelerator. The untrained 135M model mostly fails the protocol; these numbers are
+the starting point that SFT/GRPO must beat.
 """
 from configs import common
 
@@ -15,15 +17,15 @@ from configs import common
 def get_config():
   c = common.base()
   c.output_dir = "outputs/default"
-  c.max_examples = 4
+  c.max_examples = 3
   c.methods = "atommem,memagent,rag"
   c.data.dataset = "hotpotqa"
   c.data.num_docs = "50"
-  c.env.chunk_size = 1024
-  c.env.max_calls = 16
-  c.sampling.max_new_tokens = 160
+  c.env.chunk_size = 2048
+  c.env.max_calls = 6
+  c.sampling.max_new_tokens = 128
   c.sampling.max_answer_tokens = 32
-  c.sampling.max_prompt_tokens = 3072
+  c.sampling.max_prompt_tokens = 4096
   c.max_memory_chars = 400
   c.verbose = True
   return c

@@ -56,6 +56,8 @@ def test_missing_file_names_file(tmp_path):
     (lambda r: r["context"].__setitem__(0, ["t", "not a list"]), r"'context'\[0\]"),
     (lambda r: r.__setitem__("supporting_facts", [["Nowhere", 0]]), "title 'Nowhere' absent"),
     (lambda r: r.__setitem__("supporting_facts", [5]), r"'supporting_facts'\[0\]"),
+    (lambda r: r.__setitem__("supporting_facts", [["Topic 1-0", "0"]]), r"'supporting_facts'\[0\]"),
+    (lambda r: r.__setitem__("supporting_facts", [["Topic 1-0", -1]]), "non-negative integer"),
 ])
 def test_malformed_field_named(tmp_path, mutate, match):
   recs = fx.hotpot_records(2)
@@ -81,6 +83,11 @@ def test_malformed_json_and_musique_paragraph(tmp_path):
     raw.read_musique(path)
   with pytest.raises(ValueError, match="dataset must be one of"):
     raw.read_records("squad", path)
+  recs = fx.musique_records(1)
+  recs[0]["paragraphs"][1]["is_supporting"] = "yes"
+  path = fx.write_json(tmp_path / "mq2.json", recs)
+  with pytest.raises(raw.RawDataError, match=r"mq2\.json: record 0.*'paragraphs'\[1\]\.is_supporting"):
+    raw.read_musique(path)
 
 
 def test_real_files():

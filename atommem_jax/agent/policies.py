@@ -14,6 +14,7 @@ fixed script instead of the policy.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Sequence
 
 import numpy as np
@@ -65,6 +66,9 @@ class LMClient:
     self.prompts_encoded = 0
     self.max_prompt_len = 0  # longest prompt sent to the model (after any cut)
     self.max_raw_prompt_len = 0  # longest prompt rendered (before the cut)
+    self.prompt_tokens = 0  # real prompt tokens sent (batch padding excluded)
+    self.generated_tokens = 0  # tokens generated for real rows
+    self.generate_seconds = 0.0  # wall time inside `generate` (prefill + decode + compiles)
     eos = tokenizer.eos_token_id
     self.stop_ids = tuple(sorted({i for i in (eos, tokenizer.convert_tokens_to_ids("<|im_end|>"))
                                   if isinstance(i, int) and i >= 0}))
@@ -92,6 +96,7 @@ class LMClient:
     n = len(prompts)
     prompts += [prompts[0]] * (_bucket(n) - n)  # pad the batch; outputs of pads are dropped
     s = self.sampling
+    start = time.perf_counter()
     out = generate(self.model_config, self.params, prompts, max_new_tokens=max_new_tokens,
                    temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                    stop_token_ids=self.stop_ids, stop_strings=tuple(stop_strings),
@@ -99,6 +104,9 @@ class LMClient:
     self.calls += 1
     tokens, lengths, logprobs = (np.asarray(out.tokens), np.asarray(out.lengths),
                                  np.asarray(out.logprobs))
+    self.generate_seconds += time.perf_counter() - start
+    self.prompt_tokens += sum(len(ids) for _, ids in encoded)
+    self.generated_tokens += int(lengths[:n].sum())
     actions = []
     for r, (text, ids) in enumerate(encoded):
       resp = tokens[r, : lengths[r]].tolist()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Iterator, Literal, Sequence
 
@@ -97,8 +98,10 @@ def _field(path: str, idx: int, rec: Any, name: str, kind: type | tuple[type, ..
 
 def _hotpot_like(path: str, records: Sequence[Any], missing_context: MissingContext
                  ) -> Iterator[QARecord]:
+  skipped = 0
   for idx, rec in enumerate(records):
     if isinstance(rec, dict) and "context" not in rec and missing_context == "skip":
+      skipped += 1
       continue
     rid = str(_field(path, idx, rec, "_id", (str, int)))
     question = _field(path, idx, rec, "question", str)
@@ -114,9 +117,10 @@ def _hotpot_like(path: str, records: Sequence[Any], missing_context: MissingCont
       paragraphs.append(Paragraph(item[0], "".join(item[1])))
     titles = []
     for j, sf in enumerate(sfs):
-      if not isinstance(sf, (list, tuple)) or len(sf) != 2 or not isinstance(sf[0], str):
+      if (not isinstance(sf, (list, tuple)) or len(sf) != 2 or not isinstance(sf[0], str)
+          or isinstance(sf[1], bool) or not isinstance(sf[1], int) or sf[1] < 0):
         raise RawDataError(f"{path}: record {idx} ({rid}): field 'supporting_facts'[{j}] is "
-                           "not [title, sent_id]")
+                           "not [title, sent_id] with a non-negative integer sent_id")
       if sf[0] not in titles:
         titles.append(sf[0])
     by_title = {p.title: i for i, p in reversed(list(enumerate(paragraphs)))}
@@ -127,6 +131,9 @@ def _hotpot_like(path: str, records: Sequence[Any], missing_context: MissingCont
                            f"title {t!r} absent from 'context'")
       supporting.append(by_title[t])
     yield QARecord(rid, question, (answer,), tuple(paragraphs), tuple(sorted(supporting)))
+  if skipped:
+    logging.warning("%s: skipped %d of %d records without 'context' (missing_context='skip')",
+                    path, skipped, len(records))
 
 
 def read_hotpotqa(path: PathLike) -> list[QARecord]:
@@ -163,6 +170,9 @@ def read_musique(path: PathLike) -> list[QARecord]:
           raise RawDataError(f"{path}: record {idx} ({rid}): field 'paragraphs'[{j}].{name} "
                              "missing or not a string")
       paragraphs.append(Paragraph(p["title"], p["paragraph_text"]))
+      if not isinstance(p.get("is_supporting", False), bool):
+        raise RawDataError(f"{path}: record {idx} ({rid}): field 'paragraphs'[{j}].is_supporting "
+                           "is not a boolean")
       if p.get("is_supporting", False):
         supporting.append(j)
     answers = tuple(dict.fromkeys([answer] + aliases))

@@ -180,12 +180,17 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
         if lm is not None:
           st = prompt_stats.setdefault(method, {"longest_prompt_tokens": 0,
                                                 "longest_prompt_tokens_before_cut": 0,
-                                                "truncated_prompts": 0, "model_calls": 0})
+                                                "truncated_prompts": 0, "model_calls": 0,
+                                                "prompt_tokens": 0, "generated_tokens": 0,
+                                                "generate_seconds": 0.0})
           st["longest_prompt_tokens"] = max(st["longest_prompt_tokens"], lm.max_prompt_len)
           st["longest_prompt_tokens_before_cut"] = max(st["longest_prompt_tokens_before_cut"],
                                                        lm.max_raw_prompt_len)
-          st["truncated_prompts"] += lm.truncated_prompts
-          st["model_calls"] += lm.prompts_encoded
+          for k, v in (("truncated_prompts", lm.truncated_prompts),
+                       ("model_calls", lm.prompts_encoded), ("prompt_tokens", lm.prompt_tokens),
+                       ("generated_tokens", lm.generated_tokens),
+                       ("generate_seconds", lm.generate_seconds)):
+            st[k] += v
         runs.setdefault(method, {})[(dataset, str(length))] = trajs
         if c.get("verbose", False):
           for t in trajs[:3]:
@@ -208,9 +213,13 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   html.write_text(viewer.render_html(all_trajs[: c.viewer_episodes], title=f"atommem-jax · {out.name}"))
   echo("\n" + report.summary_table(results))
   for method, st in prompt_stats.items():
+    secs = max(st["generate_seconds"], 1e-9)
     echo(f"[prompts] {method}: longest {st['longest_prompt_tokens']} tokens "
          f"({st['longest_prompt_tokens_before_cut']} before the head+tail cut; "
-         f"{st['truncated_prompts']} of {st['model_calls']} prompts cut)")
+         f"{st['truncated_prompts']} of {st['model_calls']} prompts cut); "
+         f"{st['prompt_tokens']} prompt + {st['generated_tokens']} generated tokens in "
+         f"{st['generate_seconds']:.0f}s of sampling = {st['prompt_tokens'] / secs:.0f} prompt + "
+         f"{st['generated_tokens'] / secs:.1f} new tokens/s (compiles included)")
   echo(f"\n[done] {paths['results']}  {paths['summary']}  {paths['scores_png']}  {paths['ops_png']}"
        f"  {jsonl}  {html}")
   return results

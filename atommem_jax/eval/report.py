@@ -141,7 +141,13 @@ def plot_scores(results: dict, path: pathlib.Path, x_label: str = "context lengt
                 if len(r.get("by_dataset", {})) > 1 else {method: r["by_length"]})
       for label, by_len in series.items():
         xs = sorted(by_len, key=order)
-        ax.plot(xs, [by_len[x][m] for x in xs], marker="o", label=label)
+        numeric = all(order(x)[0] == 0 for x in xs)  # lengths: a log-spaced numeric axis
+        ax.plot([float(x) for x in xs] if numeric else xs, [by_len[x][m] for x in xs],
+                marker="o", label=label)
+        if numeric and len(xs) > 1:
+          ax.set_xscale("log")
+          ax.set_xticks([float(x) for x in xs], xs)  # label the measured lengths themselves
+          ax.minorticks_off()
     ax.set_title(m)
     ax.set_xlabel(x_label)
     ax.set_ylim(-0.02, 1.02)

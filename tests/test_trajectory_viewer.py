@@ -50,3 +50,23 @@ def test_viewer_shows_steps_ops_and_escapes_text(tmp_path):
   assert 'class="op create"' in page and 'class="op answer"' in page
   assert "&lt;Paris&gt;" in page and "<Paris>" not in page  # document text is escaped
   assert "unclosed tag" in page  # errors are shown
+
+
+def test_viewer_renders_in_headless_chromium(tmp_path):
+  """The page opens in a real browser (Debian's chromium; skipped where it is not installed)."""
+  import shutil
+  import subprocess
+
+  browser = shutil.which("chromium") or shutil.which("chromium-browser")
+  if browser is None:
+    pytest.skip("chromium not installed (apt-get install chromium)")
+  page = viewer.write_html(write_jsonl(tmp_path / "t.jsonl", [_traj()]), tmp_path / "v.html")
+  shot = tmp_path / "v.png"
+  flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"]
+  subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+  dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
+                       timeout=120).stdout
+  assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000
+  assert "Step 1" in dom and "Step 2" in dom and "Alice born in Paris" in dom

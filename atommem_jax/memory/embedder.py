@@ -255,8 +255,8 @@ class MiniLMEmbedder:
 class PolicyEmbedder:
   """Mean-pooled, L2-normalised final hidden states of the policy transformer.
 
-  The transformer's public API returns logits only, so the final hidden states are read
-  by running its pure forward with an identity output projection (`hidden_size` outputs).
+  Uses `transformer.hidden_states` (the final-norm states, no vocabulary projection), so
+  memories and queries are embedded by the same weights the policy reads them with.
   """
 
   def __init__(self, config, params, tokenizer, *, batch_size: int = 16,
@@ -264,27 +264,22 @@ class PolicyEmbedder:
     from atommem_jax.models import transformer as tf
 
     self.config = config
-    model = nnx.merge(tf._graphdef(config), params)
-    layer_params = {k: v[...] for k, v in vars(model.layers).items() if isinstance(v, nnx.Param)}
-    arrays = (model.embed[...], layer_params, model.final_norm[...])
     self.tokenizer = tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     self._batcher = _Batcher(batch_size, buckets, pad_id=pad)
 
-    def hidden_states(arrays, ids):
-      embed, lp, final_norm = arrays
+    def hidden_states(params, ids):
       b, t = ids.shape
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-      eye = jnp.eye(config.hidden_size, dtype=jnp.float32)
-      return tf._forward(config, embed, lp, final_norm, eye, ids, positions, None, None)[0]
+      return tf.hidden_states(config, params, ids, positions)[0].astype(jnp.float32)  # [B, T, D]
 
     @jax.jit
-    def encode(arrays, ids, mask):
+    def encode(params, ids, mask):
       # Right padding under causal attention leaves real tokens untouched.
-      return _l2_normalize(_mean_pool(hidden_states(arrays, ids), mask))  # [B, D]
+      return _l2_normalize(_mean_pool(hidden_states(params, ids), mask))  # [B, D]
 
-    self.hidden_states = jax.jit(functools.partial(hidden_states, arrays))  # [B, T, D]
-    self._encode = functools.partial(encode, arrays)
+    self.hidden_states = jax.jit(functools.partial(hidden_states, params))  # [B, T, D]
+    self._encode = functools.partial(encode, params)
 
   @property
   def dim(self) -> int:

@@ -17,6 +17,24 @@ def _t(em, n_q=1, ops=(("create",), ("read",)), errors=False):
                     scores={"exact_match": em, "f1": em, "sub_em": em})
 
 
+def _read_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+  """TensorBoard event files read without TensorFlow: TFRecord framing + Event protos."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  out: dict[str, list[tuple[int, float]]] = {}
+  for f in sorted(log_dir.glob("events.out.tfevents.*")):
+    data, pos = f.read_bytes(), 0
+    while pos < len(data):
+      (n,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, round(v.simple_value, 4)))
+  return out
+
+
 def test_aggregate_weights_by_questions_and_splits_lengths(tmp_path):
   runs = {"atommem": {"50": [_t(1.0, n_q=3), _t(0.0)], "200": [_t(0.5, errors=True)]},
           "rag": {"50": [_t(0.0, ops=(("create", "create"),))]}}
@@ -40,6 +58,9 @@ def test_aggregate_weights_by_questions_and_splits_lengths(tmp_path):
   assert "| atommem | - | 200 | 1 | 0.500 |" in paths["summary"].read_text()
   for k in ("scores_png", "ops_png"):
     assert paths[k].read_bytes()[:4] == b"\x89PNG"
+  scalars = _read_scalars(paths["tensorboard"])
+  assert scalars["atommem/all/exact_match"] == [(50, 0.75), (200, 0.5)]
+  assert scalars["rag/ops_per_step/create"] == [(0, 2.0)]
 
 
 def test_aggregate_by_dataset_and_length(tmp_path):

@@ -191,7 +191,30 @@ def write_reports(results: dict, out_dir: pathlib.Path, x_label: str = "context 
   paths["summary"].write_text(summary_table(results) + "\n")
   plot_scores(results, paths["scores_png"], x_label)
   plot_ops(results, paths["ops_png"])
+  paths["tensorboard"] = write_tensorboard(results, out_dir / "tb")
   return paths
+
+
+def write_tensorboard(results: dict, log_dir: pathlib.Path) -> pathlib.Path:
+  """Scores as TensorBoard scalars: tag `<method>/<dataset>/<metric>`, step = context length.
+
+  TensorBoard then draws score-vs-length curves per method next to training runs' metrics.
+  """
+  from tensorboardX import SummaryWriter
+
+  log_dir.mkdir(parents=True, exist_ok=True)
+  with SummaryWriter(str(log_dir)) as w:
+    for method, r in results.items():
+      per_ds = r.get("by_dataset") or {"all": {"by_length": r["by_length"]}}
+      for ds, d in per_ds.items():
+        for length, b in d["by_length"].items():
+          if not length.isdigit():
+            continue
+          for m in METRICS:
+            w.add_scalar(f"{method}/{ds}/{m}", b[m], int(length))
+      for k, v in r["ops"]["per_step"].items():
+        w.add_scalar(f"{method}/ops_per_step/{k}", v, 0)
+  return log_dir
 
 
 def load_results(path: str | pathlib.Path) -> dict:

@@ -96,7 +96,7 @@ def test_prefill_then_decode_matches_full_forward(family):
                          mask[:, i:i + 1])
     np.testing.assert_allclose(step[:, 0], full[:, i], atol=1e-5)
   assert int(cache.index) == t
-  assert cache.k.shape == (config.num_layers, 2, s, config.num_kv_heads, config.head_dim)
+  assert cache.k.shape == (config.num_layers, 2, config.num_kv_heads, s, config.head_dim)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

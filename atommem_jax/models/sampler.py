@@ -207,7 +207,7 @@ def _decode(config: ModelConfig, params, state: _SamplingState, pad: jax.Array,
   """Feeds the last token and samples the next until every row stopped or N tokens exist."""
   TRACE_COUNTS["decode"] += 1
   max_new_tokens = state.tokens.shape[1]
-  seq_len = state.cache.k.shape[2]
+  seq_len = state.cache.k.shape[3]  # [L, B, Hkv, S, Dh]
   plen = seq_len - max_new_tokens
 
   def cond(s: _SamplingState) -> jax.Array:

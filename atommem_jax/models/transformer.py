@@ -49,7 +49,9 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully-masked r
 class Cache:
   """Preallocated KV cache shared by all layers.
 
-  k, v: `[L, B, S, Hkv, Dh]`; index: int32 scalar, the next slot to write (shared by the
+  k, v: `[L, B, Hkv, S, Dh]` (heads before slots, so a decode step's attention reads each
+  head's keys contiguously with no per-step transpose); index: int32 scalar, the next slot
+  to write (shared by the
   batch; per-row padding is expressed through positions and the attention mask). The caller
   keeps `index + T <= S`: under jit the index is traced, and XLA's dynamic_update_slice would
   clamp an overflowing write instead of failing.
@@ -69,7 +71,7 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: Any = None)
   if batch <= 0 or max_len <= 0:
     raise ValueError(f"init_cache: batch and max_len must be positive, got {batch}, {max_len}")
   dtype = config.jnp_dtype if dtype is None else dtype
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
   return Cache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                index=jnp.zeros((), jnp.int32))
 
@@ -186,20 +188,27 @@ def gqa_attention(q: Array, k: Array, v: Array, mask: Array, causal_block: int =
   end only. Same result; half the score FLOPs, and [B, H, blk, S] score tiles instead of
   one [B, H, T, S] tensor (long prefills on CPU are bound by that tensor's memory traffic).
   """
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hkv, S, Dh]
+  return _attention_kv_major(q, k, v, mask, causal_block)
+
+
+def _attention_kv_major(q: Array, k: Array, v: Array, mask: Array, causal_block: int = 0) -> Array:
+  """`gqa_attention` on heads-major keys/values: k/v `[B, Hkv, S, Dh]` (the cache layout)."""
   b, t, h, dh = q.shape
-  hkv = k.shape[2]
-  if causal_block and t == k.shape[1] and t > causal_block:
+  hkv = k.shape[1]
+  if causal_block and t == k.shape[2] and t > causal_block:
     outs = []
     for start in range(0, t, causal_block):
       end = min(t, start + causal_block)
-      outs.append(gqa_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
+      outs.append(_attention_kv_major(q[:, start:end], k[:, :, :end], v[:, :, :end],
+                                      mask[:, start:end, :end]))
     return jnp.concatenate(outs, axis=1)
   q = q.reshape(b, t, hkv, h // hkv, dh)  # [B, T, Hkv, G, Dh]
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k,
+  scores = jnp.einsum("btkgd,bksd->bkgts", q, k,
                       preferred_element_type=jnp.float32) * (dh ** -0.5)  # [B, Hkv, G, T, S]
   scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, Hkv, G, Dh]
+  out = jnp.einsum("bkgts,bksd->btkgd", probs, v)  # [B, T, Hkv, G, Dh]
   return out.reshape(b, t, h, dh)
 
 
@@ -232,7 +241,7 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
       mask = mask & attn_mask
     mask = jnp.broadcast_to(mask, (b, t, t))
   else:
-    s = cache.k.shape[2]
+    s = cache.k.shape[3]
     if attn_mask is None:
       raise ValueError("attn_mask [B, T, S] is required with a cache (padding + causality)")
     if attn_mask.shape != (b, t, s):
@@ -265,17 +274,19 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
       k = rms_norm(k, w["k_norm"], c.rms_norm_eps)
     q = apply_rope(q, positions, c.rope_theta)
     k = apply_rope(k, positions, c.rope_theta)
+    k = jnp.swapaxes(k, 1, 2)  # [B, Hkv, T, Dh]: the cache layout
+    v = jnp.swapaxes(v, 1, 2)
     if kc is None or prefill:
       k_all, v_all = k, v
     if kc is not None:
-      # Write only this layer's T new slots of the [L, B, S, Hkv, Dh] carry (in place).
-      start = (li, 0, index, 0, 0)
+      # Write only this layer's T new slots of the [L, B, Hkv, S, Dh] carry (in place).
+      start = (li, 0, 0, index, 0)
       kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype)[None], start)
       vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype)[None], start)
       if not prefill:
         k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)
         v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
-    attn = gqa_attention(q, k_all, v_all, mask, causal_block)  # [B, T, H, Dh]
+    attn = _attention_kv_major(q, k_all, v_all, mask, causal_block)  # [B, T, H, Dh]
     out = jnp.einsum("bthk,hkd->btd", attn, w["o_proj"])
     if "o_bias" in w:
       out = out + w["o_bias"]

@@ -207,6 +207,27 @@ class _AnswerFromContext(_LLMPolicyBase):
                                   context=context or "(nothing)")
     return [{"role": "user", "content": user}], env_lib.ANSWERING
 
+  def _wrap(self, o: Observation, action: Action) -> Action:
+    if o.phase == env_lib.ANSWERING:
+      action.text = answer_text(action.text)
+    return action
+
+
+def answer_text(text: str) -> str:
+  """A baseline's answering reply as a protocol answer.
+
+  The baselines ask for `<final_answer>\boxed{...}</final_answer>`, but a reply without the
+  tag is still the model's answer (the \boxed{} content, else the stripped text, as
+  MemAgent scores free-form replies); without this an untagged reply would leave the
+  question open and the greedy model would repeat itself until the call budget ran out.
+  """
+  if protocol.parse(text).answer is not None:
+    return text
+  from atommem_jax.data.metrics import extract_answer
+
+  answer = extract_answer(protocol.parse(text).free_text or text).replace("}", ")").replace("{", "(")
+  return protocol.render(answer=answer or "(no answer)", max_chars=None)
+
 
 class MemAgentPolicy(_AnswerFromContext):
   """Overwrite memory: rewrite the scratchpad every section; answer from it alone."""
@@ -230,7 +251,7 @@ class MemAgentPolicy(_AnswerFromContext):
 
   def _wrap(self, o: Observation, action: Action) -> Action:
     if o.phase != env_lib.READING:
-      return action
+      return super()._wrap(o, action)
     parsed = protocol.parse(action.text)
     notes = next((op.text for op in parsed.ops if op.kind == protocol.SCRATCHPAD), None)
     if notes is None:  # the model ignored the tag: its whole reply is the new memory
@@ -293,7 +314,7 @@ class StaticSummaryPolicy(_RetrieveThenAnswer):
 
   def _wrap(self, o: Observation, action: Action) -> Action:
     if o.phase != env_lib.READING:
-      return action
+      return super()._wrap(o, action)
     notes = protocol.parse(action.text).free_text.strip() or action.text.strip() or "(no notes)"
     notes = notes.replace("<", "(").replace(">", ")")  # a note is content, never a tag
     action.text = protocol.render([protocol.Op(protocol.CREATE, notes)], max_chars=None)
@@ -326,6 +347,7 @@ def full_context(lm: LMClient, episodes: Sequence[env_lib.Episode], score_fn=Non
     for qi in range(len(e.questions)):
       a = actions[k]
       k += 1
+      a.text = answer_text(a.text)
       parsed = protocol.parse(a.text)
       answers.append(parsed.answer)
       steps.append(StepRecord(index=qi, phase=env_lib.ANSWERING, chunk=0, question=qi,

@@ -108,7 +108,7 @@ def test_call_budget_spent_while_reading_moves_to_answering():
   c = env.new_cursor(5, 2, cfg)
   for _ in range(3):
     c, _ = env.step(c, S("create"))
-  assert c.chunk == 3 and c.reading_cut and c.phase == env.ANSWERING
+  assert c.chunk == 3 and c.reading_cut and c.phase == env.ANSWERING and c.unread_sections == 2
   c, ev = env.step(c, S(answer="a"))
   assert ev.answered == 0 and c.phase == env.ANSWERING
   c, _ = env.step(c, S("read"))  # one query change allowed, then the answer

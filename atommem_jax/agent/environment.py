@@ -125,9 +125,14 @@ class Cursor:
     return ANSWERING
 
   @property
+  def unread_sections(self) -> int:
+    """Sections not (yet) read; after the episode, those the call budget cut off."""
+    return self.num_chunks - self.chunk
+
+  @property
   def reading_cut(self) -> bool:
     """True when the call budget stopped reading before the last section."""
-    return self.chunk < self.num_chunks and self.calls >= self.call_budget
+    return self.unread_sections > 0 and self.calls >= self.call_budget
 
   @property
   def done(self) -> bool:

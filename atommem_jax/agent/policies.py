@@ -221,11 +221,12 @@ def answer_text(text: str) -> str:
   MemAgent scores free-form replies); without this an untagged reply would leave the
   question open and the greedy model would repeat itself until the call budget ran out.
   """
-  if protocol.parse(text).answer is not None:
+  parsed = protocol.parse(text)
+  if parsed.answer is not None:
     return text
   from atommem_jax.data.metrics import extract_answer
 
-  answer = extract_answer(protocol.parse(text).free_text or text).replace("}", ")").replace("{", "(")
+  answer = extract_answer(parsed.free_text or text).replace("}", ")").replace("{", "(")
   return protocol.render(answer=answer or "(no answer)", max_chars=None)
 
 

@@ -189,12 +189,9 @@ class RolloutEngine:
     for i, (e, g) in enumerate(rows):
       answers = list(cursors[i].final_answers())
       parse_errs = sum(len(r.parse_errors) for r in records[i])
-      op_counts = {k: int(v[i]) for k, v in counts.items()}
-      op_counts["parse_errors"] = parse_errs
-      op_counts["steps"] = len(records[i])
-      # Sections never read because the call budget ran out (0 for a fully read document).
-      op_counts["unread_sections"] = cursors[i].num_chunks - min(cursors[i].chunk,
-                                                                 cursors[i].num_chunks)
+      counters = {k: int(v[i]) for k, v in counts.items()}
+      op_counts = dict(counters, parse_errors=parse_errs, steps=len(records[i]),
+                       unread_sections=cursors[i].unread_sections)  # > 0: the budget cut reading
       scores = self._score(e, answers)
       q = int(host["query"][i])
       final_memory = {
@@ -202,7 +199,7 @@ class RolloutEngine:
           "scratchpad": table.get(int(host["scratchpad"][i])),
           "query": table.get(q) if q >= 0 else None,
           "next_id": int(host["next_id"][i]),
-          "counters": {k: int(v[i]) for k, v in counts.items()}}
+          "counters": counters}
       out.append(Trajectory(episode_id=e.episode_id, method=policy.name, questions=list(e.questions),
                             golds=[list(x) for x in e.golds], answers=answers, steps=records[i],
                             scores=scores, op_counts=op_counts, meta=dict(e.meta), sample=g,

@@ -110,17 +110,21 @@ def aggregate(runs: dict[str, dict]) -> dict:
   return results
 
 
+def _per_dataset(r: dict, unnamed: str) -> dict:
+  """A method's `by_dataset` block, or its pooled `by_length` under `unnamed` when runs were
+  keyed by length alone."""
+  return r.get("by_dataset") or {unnamed: {"by_length": r["by_length"]}}
+
+
 def summary_table(results: dict) -> str:
   """A markdown table: method x dataset x length, EM / F1 / sub-EM side by side."""
   lines = ["| method | dataset | length | n | EM | F1 | sub-EM | ops/step (C R U D S) | parse err |",
            "|---|---|---|---|---|---|---|---|---|"]
   for method, r in results.items():
-    per_ds = r.get("by_dataset") or {"-": {"by_length": r["by_length"]}}
-    for ds, d in per_ds.items():
+    for ds, d in _per_dataset(r, "-").items():
       for length, b in d["by_length"].items():
-        ops = b.get("ops_per_step", r["ops"]["per_step"])
-        opstr = " ".join(f"{ops[k]:.2f}" for k in OP_KINDS)
-        err = b.get("parse_error_rate", r["ops"]["parse_error_rate"])
+        opstr = " ".join(f"{b['ops_per_step'][k]:.2f}" for k in OP_KINDS)
+        err = b["parse_error_rate"]
         lines.append(f"| {method} | {ds} | {length} | {b['n']} | {b['exact_match']:.3f} | "
                      f"{b['f1']:.3f} | {b['sub_em']:.3f} | {opstr} | {err:.2f} |")
   return "\n".join(lines)
@@ -205,8 +209,7 @@ def write_tensorboard(results: dict, log_dir: pathlib.Path) -> pathlib.Path:
   log_dir.mkdir(parents=True, exist_ok=True)
   with SummaryWriter(str(log_dir)) as w:
     for method, r in results.items():
-      per_ds = r.get("by_dataset") or {"all": {"by_length": r["by_length"]}}
-      for ds, d in per_ds.items():
+      for ds, d in _per_dataset(r, "all").items():
         for length, b in d["by_length"].items():
           if not length.isdigit():
             continue

@@ -8,10 +8,28 @@ import pytest
 from atommem_jax.eval import config as cfg_lib
 
 
+@pytest.fixture
+def data_dir(tmp_path):
+  """Dev files under their official names, so config checks never depend on ../shared/data."""
+  from _data_fixtures import hotpot_records, musique_records, write_json
+
+  write_json(tmp_path / "hotpot_dev_distractor_v1.json", hotpot_records(2))
+  write_json(tmp_path / "dev.json", hotpot_records(2))
+  write_json(tmp_path / "musique_ans_v1.0_dev.jsonl", musique_records(2), jsonl=True)
+  return str(tmp_path)
+
+
+def _default(data_dir):
+  c = importlib.import_module("configs.default").get_config()
+  c.data.data_dir = data_dir
+  return c
+
+
 @pytest.mark.parametrize("name", ["default", "eval_oracle_synthetic", "tiny_test",
                                   "eval_hotpotqa_smollm2"])
-def test_shipped_configs_validate(name):
+def test_shipped_configs_validate(name, data_dir):
   c = importlib.import_module(f"configs.{name}").get_config()
+  c.data.data_dir = data_dir
   cfg_lib.validate(c)
   assert cfg_lib.methods(c) and cfg_lib.lengths(c)
 
@@ -34,8 +52,8 @@ def test_shipped_configs_validate(name):
     ("env.overlap", 5000, "env.overlap"),
     ("group_size", 4, "identical samples"),
 ])
-def test_bad_values_are_named(key, value, match):
-  c = importlib.import_module("configs.default").get_config()
+def test_bad_values_are_named(key, value, match, data_dir):
+  c = _default(data_dir)
   node, leaf = c, key
   if "." in key:
     head, leaf = key.split(".")

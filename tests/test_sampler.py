@@ -381,3 +381,48 @@ def test_to_lists_trims_padding():
                                  logprobs=np.zeros((2, 3), np.float32))
   assert out.to_lists() == [[5, 6], [7]]
 
+
+
+# ----------------------------------------------------------------------------- categorical
+
+
+def test_categorical_matches_softmax_and_never_draws_excluded_tokens():
+  """The two-level inverse-CDF sampler: frequencies follow softmax(logits) (chi-square on
+  200k draws), over a vocabulary that is not a multiple of the block (padded last block),
+  with -inf entries in the middle, at the edges and a whole excluded block."""
+  vocab = 3 * sampler.SAMPLE_BLOCK + 37
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0.0, 1.5, vocab).astype(np.float32)
+  excluded = np.zeros(vocab, bool)
+  excluded[[0, 5, vocab - 1]] = True
+  excluded[sampler.SAMPLE_BLOCK:2 * sampler.SAMPLE_BLOCK] = True  # a whole block of zero mass
+  logits[excluded] = -np.inf
+  rows = 4000
+  draws = jax.jit(jax.vmap(lambda k: sampler.categorical(
+      k, jnp.broadcast_to(jnp.asarray(logits), (rows, vocab)))))(
+          jax.random.split(jax.random.key(1), 50))  # [50, rows]
+  draws = np.asarray(draws).ravel()
+  assert draws.min() >= 0 and draws.max() < vocab
+  counts = np.bincount(draws, minlength=vocab)
+  assert counts[excluded].sum() == 0
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits)))
+  expected = probs * draws.size
+  keep = expected > 0
+  chi2 = float((((counts - expected) ** 2)[keep] / expected[keep]).sum())
+  dof = int(keep.sum()) - 1
+  assert chi2 < dof + 5 * np.sqrt(2 * dof), (chi2, dof)  # ~5 sigma above the mean
+
+
+def test_categorical_point_mass_and_per_row_distributions():
+  """One surviving token is always drawn; rows sample from their own logits."""
+  vocab = 600
+  point = np.full(vocab, -np.inf, np.float32)
+  point[vocab - 3] = 0.0  # in the padded last block
+  two = np.full(vocab, -np.inf, np.float32)
+  two[[10, 300]] = [0.0, np.log(3.0)]  # probabilities 1/4, 3/4
+  logits = jnp.asarray(np.stack([point, two]))
+  draws = np.asarray(jax.jit(jax.vmap(lambda k: sampler.categorical(k, logits)))(
+      jax.random.split(jax.random.key(0), 20_000)))  # [N, 2]
+  assert (draws[:, 0] == vocab - 3).all()
+  assert set(np.unique(draws[:, 1]).tolist()) == {10, 300}
+  assert abs((draws[:, 1] == 300).mean() - 0.75) < 0.015

@@ -96,7 +96,9 @@ def test_prefill_then_decode_matches_full_forward(family):
                          mask[:, i:i + 1])
     np.testing.assert_allclose(step[:, 0], full[:, i], atol=1e-5)
   assert int(cache.index) == t
-  assert cache.k.shape == (config.num_layers, 2, config.num_kv_heads, s, config.head_dim)
+  assert len(cache.k) == len(cache.v) == config.num_layers
+  assert cache.k[0].shape == (2, config.num_kv_heads, config.head_dim, s)  # keys transposed
+  assert cache.v[0].shape == (2, config.num_kv_heads, s, config.head_dim)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -194,7 +196,7 @@ def test_bfloat16_params_and_compute():
   assert l16.dtype == jnp.float32
   assert float(jnp.max(jnp.abs(l16 - l32))) < 0.05 * float(jnp.max(jnp.abs(l32))) + 0.05
   cache = tr.init_cache(config16, 2, 8)
-  assert cache.k.dtype == jnp.bfloat16
+  assert {a.dtype for a in cache.k + cache.v} == {jnp.dtype(jnp.bfloat16)}
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -113,6 +113,38 @@ def _filter_logits(logits: jax.Array, temperature: jax.Array, top_p: jax.Array,
   return logits
 
 
+SAMPLE_BLOCK = 256  # vocabulary block of the two-level inverse-CDF sampler
+
+
+def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+  """One token `[B]` per row of float32 `logits` `[B, V]` (-inf = excluded), exactly
+  distributed as softmax(logits), by a two-level inverse CDF.
+
+  Why not `jax.random.categorical`: it draws V Gumbel variates per row, and on CPU random
+  bits are the cost (8.4 ms for `[16, 32000]`, a third of a decode step); this draws 2
+  uniforms per row (0.4 ms). A block of SAMPLE_BLOCK tokens is chosen with probability its
+  mass, then a token within it with probability its share of that mass. Both targets are
+  clamped strictly below the cumulative total they are compared with, so a token (or
+  block) of zero probability is never the first to exceed its target: filtered tokens and
+  the padding of the last block cannot be drawn.
+  """
+  b, v = logits.shape
+  n_blocks = -(-v // SAMPLE_BLOCK)
+  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # [B, V], 1 at the max
+  weights = jnp.pad(weights, ((0, 0), (0, n_blocks * SAMPLE_BLOCK - v)))
+  within = jnp.cumsum(weights.reshape(b, n_blocks, SAMPLE_BLOCK), axis=-1)  # [B, nb, blk]
+  across = jnp.cumsum(within[..., -1], axis=-1)  # [B, nb]: mass of blocks 0..j
+  u = jax.random.uniform(key, (2, b, 1), jnp.float32)  # [0, 1)
+
+  def below(frac: jax.Array, total: jax.Array) -> jax.Array:
+    return jnp.minimum(frac * total, jnp.nextafter(total, jnp.zeros_like(total)))
+
+  block = jnp.sum(across <= below(u[0], across[:, -1:]), axis=-1)  # [B], < nb
+  row = jnp.take_along_axis(within, block[:, None, None], axis=1)[:, 0]  # [B, blk]
+  offset = jnp.sum(row <= below(u[1], row[:, -1:]), axis=-1)  # [B], < blk
+  return block * SAMPLE_BLOCK + offset
+
+
 def _sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
             opts: _Sampling) -> tuple[jax.Array, jax.Array]:
   """Next token `[B]` and its log-prob under the unfiltered softmax `[B]`."""
@@ -120,7 +152,7 @@ def _sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_p: ja
   if opts.greedy:
     token = jnp.argmax(logits, axis=-1)
   else:
-    token = jax.random.categorical(key, _filter_logits(logits, temperature, top_p, opts), axis=-1)
+    token = categorical(key, _filter_logits(logits, temperature, top_p, opts))
   token = token.astype(jnp.int32)
   logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
   return token, logprob
@@ -199,6 +231,18 @@ def _prefill(config: ModelConfig, params, tokens: jax.Array, pad: jax.Array, key
   return _record(state, token, logprob, stop_ids, stop_tables, stop_lens, pad_id)
 
 
+def _unstack_weights() -> bool:
+  """Whether the decode loop works on a per-layer copy of the weights.
+
+  On CPU, XLA materialises every static slice of a stacked `[L, ...]` weight inside a
+  `while_loop` body, i.e. copies all weights on every decode step; one copy before the
+  loop is far cheaper (on a batch-16 step of a 50M-parameter model: 6.8 -> 4.1 ms for the
+  slicing alone). Accelerators fuse the slice into the matmul and cannot spare the memory
+  for a second copy of an 8B model, so they slice in the loop.
+  """
+  return jax.default_backend() == "cpu"
+
+
 @functools.partial(jax.jit, static_argnames=("config", "opts", "pad_id"), donate_argnums=(2,))
 def _decode(config: ModelConfig, params, state: _SamplingState, pad: jax.Array,
             prompt_lens: jax.Array, temperature: jax.Array, top_p: jax.Array,
@@ -207,8 +251,11 @@ def _decode(config: ModelConfig, params, state: _SamplingState, pad: jax.Array,
   """Feeds the last token and samples the next until every row stopped or N tokens exist."""
   TRACE_COUNTS["decode"] += 1
   max_new_tokens = state.tokens.shape[1]
-  seq_len = state.cache.k.shape[3]  # [L, B, Hkv, S, Dh]
+  seq_len = state.cache.max_len
   plen = seq_len - max_new_tokens
+  # Slice the stacked weights into per-layer arrays once, outside the loop (see
+  # `_unstack_weights`); the loop body then reads each layer's weights in place.
+  layers = transformer.decode_layers(config, params) if _unstack_weights() else None
 
   def cond(s: _SamplingState) -> jax.Array:
     return (s.step < max_new_tokens) & ~jnp.all(s.done)
@@ -219,7 +266,7 @@ def _decode(config: ModelConfig, params, state: _SamplingState, pad: jax.Array,
     positions = (prompt_lens + i)[:, None]  # [B, 1]
     mask = _decode_mask(pad, plen + i + 1, seq_len)  # [B, 1, S]
     logits, cache = transformer.apply(config, params, last, positions, cache=s.cache,
-                                      attn_mask=mask)  # [B, 1, V]
+                                      attn_mask=mask, layers=layers)  # [B, 1, V]
     token, logprob = _sample(logits[:, 0], jax.random.fold_in(s.key, s.step), temperature,
                              top_p, opts)
     return _record(s.replace(cache=cache), token, logprob, stop_ids, stop_tables, stop_lens,

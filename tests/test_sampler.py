@@ -426,3 +426,16 @@ def test_categorical_point_mass_and_per_row_distributions():
   assert (draws[:, 0] == vocab - 3).all()
   assert set(np.unique(draws[:, 1]).tolist()) == {10, 300}
   assert abs((draws[:, 1] == 300).mean() - 0.75) < 0.015
+
+
+def test_generate_same_with_and_without_unstacked_decode_weights(model, monkeypatch):
+  """The sampler's CPU-only weight preparation changes speed, not tokens or log-probs."""
+  config, params = model
+  prompts = _prompts(config.vocab_size)
+  fast = generate(config, params, prompts, max_new_tokens=6, temperature=0.7, seed=5)
+  monkeypatch.setattr(sampler, "_unstack_weights", lambda: False)
+  sampler._decode.clear_cache()  # the choice is made at trace time
+  plain = generate(config, params, prompts, max_new_tokens=6, temperature=0.7, seed=5)
+  sampler._decode.clear_cache()
+  np.testing.assert_array_equal(fast.tokens, plain.tokens)
+  np.testing.assert_allclose(fast.logprobs, plain.logprobs, atol=1e-5)

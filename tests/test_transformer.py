@@ -101,6 +101,32 @@ def test_prefill_then_decode_matches_full_forward(family):
   assert cache.v[0].shape == (2, config.num_kv_heads, s, config.head_dim)
 
 
+@pytest.mark.parametrize("family,tied", [("qwen3", False), ("qwen2", True), ("llama", True)])
+def test_decode_weights_path_equals_stacked_path(family, tied):
+  """The cached path on `decode_weights` (fused, feature-major matrices; what the sampler
+  uses on CPU) equals the same path slicing the stacked weights (what it uses elsewhere),
+  and prefill=True fills the same cache as the step-by-step path."""
+  config = tiny(family, num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=tied)
+  params = _random_params(config, seed=3)
+  prepared = tr.decode_weights(config, params)
+  assert set(prepared.layers[0]) >= {"qkv_t", "o_t", "gate_up_t", "down_t"}
+  assert prepared.head_t.shape == (config.vocab_size, config.hidden_size)
+  t, s = 5, 8
+  ids = _ids((2, t), seed=4)
+  pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (2, t))
+  mask = jnp.arange(s)[None, None, :] <= pos[:, :, None]
+  run = jax.jit(lambda p, c, layers, **kw: tr.apply(config, p, ids, pos, c, mask, layers=layers,
+                                                    **kw), static_argnames="prefill")
+  plain, plain_cache = run(params, tr.init_cache(config, 2, s), None)
+  fast, fast_cache = run(params, tr.init_cache(config, 2, s), prepared)
+  np.testing.assert_allclose(fast, plain, atol=1e-5)
+  _, prefilled = run(params, tr.init_cache(config, 2, s), None, prefill=True)
+  for a, b, c in zip(plain_cache.k + plain_cache.v, fast_cache.k + fast_cache.v,
+                     prefilled.k + prefilled.v):
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    np.testing.assert_allclose(c, a, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_left_padded_batch_matches_unpadded_rows(family):
   """Prefill a left-padded batch, decode greedily with per-row positions and masks; every

@@ -439,3 +439,67 @@ def test_generate_same_with_and_without_unstacked_decode_weights(model, monkeypa
   sampler._decode.clear_cache()
   np.testing.assert_array_equal(fast.tokens, plain.tokens)
   np.testing.assert_allclose(fast.logprobs, plain.logprobs, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- shared head
+
+
+def test_shared_head_length_rounds_down_to_an_eighth_of_its_octave():
+  head = list(range(3, 1203))  # 1,200 common tokens
+  prompts = [head + [7, 8], head + [9], head + [10, 11, 12]]
+  assert sampler.shared_head_length(prompts) == 1152  # quantum 1024 / 8 = 128
+  assert sampler.shared_head_length(prompts[:1]) == 0  # one row: nothing shared
+  assert sampler.shared_head_length([head[:200] + [1], head[:200] + [2]]) == 192  # quantum 64
+  assert sampler.shared_head_length([head[:70] + [1], head[:70] + [2]]) == 64
+  assert sampler.shared_head_length([head[:50] + [1], head[:50] + [2]]) == 0  # < 64
+  assert sampler.shared_head_length([[1] + head[:99], [2] + head[:99]]) == 0  # differ at 0
+  # Each row keeps at least one token of its own: identical prompts share all but the last.
+  assert sampler.shared_head_length([head[:65], head[:65]]) == 64
+  assert sampler.shared_head_length([head[:64], head[:64]]) == 0
+
+
+def test_generate_with_shared_head_equals_unshared_and_full_forward(model):
+  """Prompts with a 90-token common head (64 shared after rounding) and suffixes of 1..30
+  tokens: the same greedy tokens as without sharing, and log-probs equal to a full
+  uncached forward over each prompt + its new tokens."""
+  config, params = model
+  rng = np.random.default_rng(7)
+  head = rng.integers(3, config.vocab_size, 90).tolist()
+  prompts = [head + rng.integers(3, config.vocab_size, n).tolist() for n in (30, 1, 12, 5)]
+  buckets = (16, 32, 64, 128)
+  assert sampler.shared_head_length(prompts) == 64
+  shared = generate(config, params, prompts, max_new_tokens=7, bucket_sizes=buckets)
+  plain = generate(config, params, prompts, max_new_tokens=7, bucket_sizes=buckets,
+                   share_prefix=False)
+  np.testing.assert_array_equal(shared.tokens, plain.tokens)
+  np.testing.assert_allclose(shared.logprobs, plain.logprobs, atol=1e-5)
+  new_tokens = shared.to_lists()
+  for b, logits in enumerate(_full_logits(config, params, prompts, new_tokens)):
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    want = logp[np.arange(len(new_tokens[b])), new_tokens[b]]
+    np.testing.assert_allclose(shared.logprobs[b, :len(new_tokens[b])], want, atol=1e-4)
+  # Sampling: same seed, same draws (the logits agree to rounding).
+  a = generate(config, params, prompts, max_new_tokens=7, temperature=1.0, seed=3,
+               bucket_sizes=buckets)
+  c = generate(config, params, prompts, max_new_tokens=7, temperature=1.0, seed=3,
+               bucket_sizes=buckets, share_prefix=False)
+  np.testing.assert_array_equal(a.tokens, c.tokens)
+
+
+def test_shared_head_prefill_blocks_queries_with_a_key_offset(model, monkeypatch):
+  """The suffix prefill after a shared head attends in query blocks whose keys start at
+  the head: force tiny blocks so several blocks (and a ragged last one) are exercised."""
+  config, params = model
+  monkeypatch.setattr(transformer, "PREFILL_QUERY_BLOCK", 8)
+  sampler._prefill.clear_cache()
+  rng = np.random.default_rng(8)
+  head = rng.integers(3, config.vocab_size, 70).tolist()
+  prompts = [head + rng.integers(3, config.vocab_size, n).tolist() for n in (27, 3)]
+  shared = generate(config, params, prompts, max_new_tokens=4, bucket_sizes=(32, 64))
+  sampler._prefill.clear_cache()
+  monkeypatch.undo()
+  plain = generate(config, params, prompts, max_new_tokens=4, bucket_sizes=(32, 64),
+                   share_prefix=False)
+  sampler._prefill.clear_cache()
+  np.testing.assert_array_equal(shared.tokens, plain.tokens)
+  np.testing.assert_allclose(shared.logprobs, plain.logprobs, atol=1e-5)

@@ -1,14 +1,18 @@
 """Batched autoregressive sampling: one jitted prefill + one jitted `lax.while_loop` decode.
 
-Layout of one call (B prompts, bucket length P, N = max_new_tokens, cache length S = P + N):
+Layout of one call (B prompts sharing their first H tokens, suffix bucket length Q,
+P = H + Q, N = max_new_tokens, cache length S = P + N):
 
-  slots  0 .. pad_b-1     left padding of row b (never attended to)
-  slots  pad_b .. P-1     row b's prompt; positions 0 .. len_b-1
-  slot   P + i            the i-th new token; position len_b + i
+  slots  0 .. H-1            the shared head (H = 0 unless prompts share >= 64 tokens)
+  slots  H .. H+pad_b-1      left padding of row b's suffix (never attended to)
+  slots  H+pad_b .. P-1      the rest of row b's prompt; positions continue from H
+  slot   P + i               the i-th new token; position len_b + i
 
-Prompts are left-padded to the smallest bucket >= the longest prompt, so all rows share
+Suffixes are left-padded to the smallest bucket >= the longest one, so all rows share
 the KV-cache write index and a handful of compiled shapes serve every request; RoPE
-positions are per row, so padding never shifts a sequence.
+positions are per row, so padding never shifts a sequence. The shared head is prefilled once as a single row and broadcast: a batch of agent
+prompts with one system prompt, or GRPO's G samples of a question, pay for it once.
+The head is the prompts' longest common prefix rounded down (see `shared_head_length`).
 
 Stop strings are matched ON DEVICE, with no host round trip per step: for each stop
 string we precompute a KMP automaton over bytes, lifted to tokens as a table
@@ -40,8 +44,10 @@ import numpy as np
 from atommem_jax.models import transformer
 from atommem_jax.models.config import ModelConfig
 
-# Powers of two up to 1024, then 1.5x steps: long prompts waste at most a third on padding.
-DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+# Powers of two up to 256, then alternating 1.5x and 1.33x steps: a prompt (or the suffix
+# after a shared head) longer than 256 wastes at most a third of its prefill on padding.
+DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+                                    4096, 6144, 8192)
 
 # Incremented each time a jitted function is traced (i.e. compiled); tests read it to
 # prove that a second call with the same shapes reuses the compiled program.
@@ -185,33 +191,56 @@ def _record(state: _SamplingState, token: jax.Array, logprob: jax.Array, stop_id
 # ----------------------------------------------------------------------------- compiled steps
 
 
-def _decode_mask(pad: jax.Array, limit: jax.Array, seq_len: int) -> jax.Array:
+def _valid_slots(head: jax.Array | int, pad: jax.Array, slots: jax.Array) -> jax.Array:
+  """Whether each of `slots` holds a real token of each row: outside the row's padding
+  `[head, head + pad_b)`. pad `[B]` -> `[B, 1, len(slots)]`."""
+  slots = slots[None, None, :]
+  return (slots < head) | (slots >= head + pad[:, None, None])
+
+
+def _decode_mask(head: jax.Array, pad: jax.Array, limit: jax.Array, seq_len: int) -> jax.Array:
   """Keys a new token may attend to: its row's prompt and generated slots `< limit`."""
-  slots = jnp.arange(seq_len)[None, None, :]  # [1, 1, S]
-  return (slots >= pad[:, None, None]) & (slots < limit)  # [B, 1, S]
+  slots = jnp.arange(seq_len)
+  return _valid_slots(head, pad, slots) & (slots[None, None, :] < limit)  # [B, 1, S]
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "opts", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "opts", "pad_id",
+                                             "head_len"))
 def _prefill(config: ModelConfig, params, tokens: jax.Array, pad: jax.Array, key: jax.Array,
              temperature: jax.Array, top_p: jax.Array, stop_ids: jax.Array,
              stop_tables: jax.Array | None, stop_lens: jax.Array | None, *,
-             max_new_tokens: int, opts: _Sampling, pad_id: int) -> _SamplingState:
-  """Runs the padded prompts `[B, P]` through the model and samples the first new token."""
+             max_new_tokens: int, opts: _Sampling, pad_id: int, head_len: int = 0
+             ) -> _SamplingState:
+  """Runs the prompts `[B, P]` (module docstring layout) and samples the first new token."""
   TRACE_COUNTS["prefill"] += 1
   batch, plen = tokens.shape
   seq_len = plen + max_new_tokens
   slot = jnp.arange(plen)  # [P]
-  positions = jnp.maximum(slot[None, :] - pad[:, None], 0).astype(jnp.int32)  # [B, P]
+  positions = jnp.where(slot[None, :] < head_len, slot[None, :],
+                        jnp.maximum(slot[None, :] - pad[:, None], 0)).astype(jnp.int32)  # [B, P]
   key_slots = jnp.arange(seq_len)[None, None, :]  # [1, 1, S]
   query = slot[None, :, None]  # [1, P, 1]
   # Causal over the row's own prompt; a padding query sees only itself so that no softmax
   # row is empty (its output is never used).
-  mask = (key_slots <= query) & ((key_slots >= pad[:, None, None]) | (key_slots == query))
+  mask = (key_slots <= query) & (_valid_slots(head_len, pad, jnp.arange(seq_len))
+                                 | (key_slots == query))  # [B, P, S]
   cache = transformer.init_cache(config, batch, seq_len)
-  # One pass over the prompt fills the cache; only the last position goes through the
-  # output head (a [B, P, D] x [D, V] head would be ~40% of a 32k-vocab prefill).
-  hidden, cache = transformer.hidden_states(config, params, tokens, positions, cache=cache,
-                                            attn_mask=mask, prefill=True)  # [B, P, D]
+  if head_len:
+    # The shared head once, as one row; its keys/values are then copied into every row.
+    head_cache = transformer.init_cache(config, 1, head_len)
+    _, head_cache = transformer.hidden_states(
+        config, params, tokens[:1, :head_len], positions[:1, :head_len], cache=head_cache,
+        attn_mask=mask[:1, :head_len, :head_len], prefill=True)
+    fill = lambda c, h: jax.lax.dynamic_update_slice(  # noqa: E731
+        c, jnp.broadcast_to(h, (batch,) + h.shape[1:]), (0, 0, 0, 0))
+    cache = transformer.Cache(k=tuple(map(fill, cache.k, head_cache.k)),
+                              v=tuple(map(fill, cache.v, head_cache.v)),
+                              index=jnp.asarray(head_len, jnp.int32))
+  # One pass over the (rest of the) prompt fills the cache; only the last position goes
+  # through the output head (a [B, P, D] x [D, V] head would be ~40% of a 32k-vocab prefill).
+  hidden, cache = transformer.hidden_states(
+      config, params, tokens[:, head_len:], positions[:, head_len:], cache=cache,
+      attn_mask=mask[:, head_len:], prefill=True, shared_prefix=head_len)  # [B, P - H, D]
   logits = transformer.unembed(config, params, hidden[:, -1:])  # [B, 1, V]
   k = 0 if stop_tables is None else stop_tables.shape[0]
   state = _SamplingState(
@@ -241,7 +270,7 @@ def _unstack_weights() -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "opts", "pad_id"), donate_argnums=(2,))
-def _decode(config: ModelConfig, params, state: _SamplingState, pad: jax.Array,
+def _decode(config: ModelConfig, params, state: _SamplingState, head: jax.Array, pad: jax.Array,
             prompt_lens: jax.Array, temperature: jax.Array, top_p: jax.Array,
             stop_ids: jax.Array, stop_tables: jax.Array | None, stop_lens: jax.Array | None, *,
             opts: _Sampling, pad_id: int) -> _SamplingState:
@@ -261,7 +290,7 @@ def _decode(config: ModelConfig, params, state: _SamplingState, pad: jax.Array,
     i = s.step - 1  # index of the token fed now; it lives in cache slot P + i
     last = jax.lax.dynamic_slice_in_dim(s.tokens, i, 1, axis=1)  # [B, 1]
     positions = (prompt_lens + i)[:, None]  # [B, 1]
-    mask = _decode_mask(pad, plen + i + 1, seq_len)  # [B, 1, S]
+    mask = _decode_mask(head, pad, plen + i + 1, seq_len)  # [B, 1, S]
     logits, cache = transformer.apply(config, params, last, positions, cache=s.cache,
                                       attn_mask=mask, layers=layers)  # [B, 1, V]
     token, logprob = _sample(logits[:, 0], jax.random.fold_in(s.key, s.step), temperature,
@@ -405,6 +434,27 @@ def bucket_length(length: int, bucket_sizes: Sequence[int]) -> int:
   return -(-length // buckets[-1]) * buckets[-1]
 
 
+MIN_SHARED_PREFIX = 64  # shorter common heads are prefilled per row (not worth a pass)
+
+
+def shared_head_length(prompts: Sequence[Sequence[int]]) -> int:
+  """Tokens every prompt starts with, leaving each row at least one token of its own,
+  rounded down to a multiple of an eighth of its power of two (at most 12.5% of the head
+  goes unshared, and at most 8 head lengths per octave compile); 0 for a single prompt or
+  a head shorter than MIN_SHARED_PREFIX."""
+  if len(prompts) < 2:
+    return 0
+  first = np.asarray(prompts[0])
+  common = min(len(p) for p in prompts) - 1
+  for p in prompts[1:]:
+    diff = np.flatnonzero(np.asarray(p[:common]) != first[:common])
+    common = int(diff[0]) if diff.size else common
+    if common < MIN_SHARED_PREFIX:
+      return 0
+  quantum = max(MIN_SHARED_PREFIX, (1 << (common.bit_length() - 1)) // 8)
+  return common // quantum * quantum
+
+
 def _unpad(prompts: Any, prompt_lengths: Any, padding_side: str) -> list[Sequence[int]]:
   """Ragged token lists from `generate`'s two prompt forms (see its docstring)."""
   if padding_side not in ("left", "right"):
@@ -445,7 +495,7 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
              stop_strings: Sequence[str] = (), tokenizer: Any = None, seed: int = 0,
              pad_id: int = 0, bucket_sizes: Sequence[int] = DEFAULT_BUCKETS,
              prompt_lengths: Sequence[int] | np.ndarray | None = None,
-             padding_side: str = "left") -> GenerationOutput:
+             padding_side: str = "left", share_prefix: bool = True) -> GenerationOutput:
   """Samples up to `max_new_tokens` new tokens for each prompt.
 
   `prompts` is a ragged list of token-id lists, or an already padded int array `[B, T]`
@@ -458,6 +508,9 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
   restricted to the top_k tokens and then to the smallest top_p nucleus. A row stops after
   emitting any of `stop_token_ids` (default: `config.eos_token_id`) or a token that
   completes one of `stop_strings` (needs `tokenizer`). Same seed, same inputs -> same output.
+  share_prefix: prefill the prompts' common head (see `shared_head_length`) once for the
+  whole batch (see the module docstring); results
+  equal the unshared computation up to float rounding.
   """
   prompts = _unpad(prompts, prompt_lengths, padding_side)
   if not prompts:
@@ -480,17 +533,20 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
     stop_token_ids = config.eos_token_id
 
   lens = np.array([len(p) for p in prompts], np.int32)
-  plen = bucket_length(int(lens.max()), bucket_sizes)
   # Positions restart at 0 on every row, so the longest real prompt (not the bucket) bounds them.
   if int(lens.max()) + max_new_tokens > config.max_position_embeddings:
     raise ValueError(f"longest prompt {int(lens.max())} + max_new_tokens {max_new_tokens} exceeds "
                      f"max_position_embeddings={config.max_position_embeddings}")
-  tokens = np.full((len(prompts), plen), pad_id, np.int32)  # [B, P] left-padded
   for b, p in enumerate(prompts):
     if min(p) < 0 or max(p) >= config.vocab_size:
       raise ValueError(f"prompts[{b}] has token ids outside [0, {config.vocab_size})")
-    tokens[b, plen - len(p):] = p
-  pad = jnp.asarray(plen - lens)
+  head = shared_head_length(prompts) if share_prefix else 0
+  qlen = bucket_length(int(lens.max()) - head, bucket_sizes)
+  tokens = np.full((len(prompts), head + qlen), pad_id, np.int32)  # [B, P]
+  for b, p in enumerate(prompts):
+    tokens[b, :head] = p[:head]
+    tokens[b, head + qlen - (len(p) - head):] = p[head:]  # suffix left-padded
+  pad = jnp.asarray(qlen - (lens - head))
 
   opts = _Sampling(greedy=temperature == 0.0, top_k=None if temperature == 0.0 else top_k,
                    use_top_p=temperature != 0.0 and top_p is not None and top_p < 1.0)
@@ -501,11 +557,11 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
       temperature=jnp.float32(max(temperature, 1e-6)), top_p=jnp.float32(top_p or 1.0),
       stop_ids=_stop_id_array(stop_token_ids), stop_tables=stop_tables, stop_lens=stop_lens)
   key = jax.random.key(seed, impl="rbg")  # XLA's RngBitGenerator: far cheaper than threefry
-  state = _prefill(config, params, jnp.asarray(tokens), pad, key,
+  state = _prefill(config, params, jnp.asarray(tokens), pad, key, head_len=head,
                    max_new_tokens=max_new_tokens, opts=opts, pad_id=pad_id, **common)
   if max_new_tokens > 1:  # the first token came from the prefill logits
-    state = _decode(config, params, state, pad, jnp.asarray(lens), opts=opts, pad_id=pad_id,
-                    **common)
+    state = _decode(config, params, state, jnp.asarray(head, jnp.int32), pad, jnp.asarray(lens),
+                    opts=opts, pad_id=pad_id, **common)
   out_tokens, out_lens, out_logprobs = jax.device_get((state.tokens, state.lengths, state.logprobs))
   return GenerationOutput(tokens=np.asarray(out_tokens), lengths=np.asarray(out_lens),
                           logprobs=np.asarray(out_logprobs))

@@ -28,8 +28,8 @@ Public API (the model contract):
         prefill=False, layers=None) -> (logits, cache)
   decode_weights(config, params) -> DecodeWeights for apply(..., layers=) in decode loops
   forward(config, params, input_ids) -> logits
-  hidden_states(config, params, tokens, positions, cache=None, attn_mask=None, *, prefill=False)
-      -> (hidden, cache)
+  hidden_states(config, params, tokens, positions, cache=None, attn_mask=None, *, prefill=False,
+                shared_prefix=0) -> (hidden, cache)
   unembed(config, params, hidden) -> logits
   param_logical_axes(config) -> [(path, axes, shape)]
 """
@@ -205,9 +205,9 @@ def gqa_attention(q: Array, k: Array, v: Array, mask: Array, causal_block: int =
   """Grouped-query attention without repeating K/V.
 
   q `[B, T, H, Dh]`, k/v `[B, S, Hkv, Dh]`, mask `[B, T, S]` bool -> `[B, T, H, Dh]`.
-  causal_block > 0 declares the mask causal over T == S keys (no query sees a later key):
-  queries are then processed in blocks of that size, each against the keys up to its own
-  end only. Same result; half the score FLOPs, and [B, H, blk, S] score tiles instead of
+  causal_block > 0 declares the mask causal with the T queries as the last T of the S
+  keys (query i sees no key after S - T + i): queries are then processed in blocks of that
+  size, each against the keys up to its own end only. Same result; half the score FLOPs, and [B, H, blk, S] score tiles instead of
   one [B, H, T, S] tensor (long prefills on CPU are bound by that tensor's memory traffic).
   """
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hkv, S, Dh]
@@ -227,12 +227,15 @@ def _attention_heads(q: Array, k: Array, v: Array, mask: Array, causal_block: in
   b, t, h, dh = q.shape
   hkv, s = v.shape[1], v.shape[2]
   g = h // hkv
-  if causal_block and t == s and t > causal_block:
+  if causal_block and s >= t > causal_block:
+    # Causal with the queries as the last t of the s keys (s - t keys precede them all).
+    offset = s - t
     outs = []
     for start in range(0, t, causal_block):
-      end = min(t, start + causal_block)
+      end = offset + min(t, start + causal_block)
       kb = k[:, :, :, :end] if keys_transposed else k[:, :, :end]
-      outs.append(_attention_heads(q[:, start:end], kb, v[:, :, :end], mask[:, start:end, :end],
+      outs.append(_attention_heads(q[:, start:start + causal_block], kb, v[:, :, :end],
+                                   mask[:, start:start + causal_block, :end],
                                    keys_transposed=keys_transposed))
     return jnp.concatenate(outs, axis=1)
   qm = q.reshape(b, t, hkv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * t, dh)
@@ -341,8 +344,8 @@ def unstack_layers(layer_params: dict[str, Array]) -> tuple[dict[str, Array], ..
 def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm: Array,
              lm_head: Array | None, tokens: Array, positions: Array, cache: Cache | None,
              attn_mask: Array | None, return_hidden: bool = False, remat: bool = False,
-             prefill: bool = False, layers: DecodeWeights | None = None
-             ) -> tuple[Array, Cache | None]:
+             prefill: bool = False, layers: DecodeWeights | None = None,
+             shared_prefix: int = 0) -> tuple[Array, Cache | None]:
   """The pure forward pass over raw arrays (what `Transformer.__call__` and `apply` run).
 
   Two layer loops, one numerics:
@@ -354,6 +357,11 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
     reading and writing its own cache arrays in place. `layers` (from `decode_weights`)
     supplies weights already sliced per layer and rearranged for few-row matmuls; else
     the stacked weights are sliced here.
+  shared_prefix (static, prefill only): the cache's first `shared_prefix` slots already hold
+  a prefix that every row shares (`cache.index == shared_prefix`); the T new tokens attend
+  to it and causally among themselves. The prefix's keys/values are read from row 0 and
+  broadcast, so a batch of prompts with a common head (a system prompt; GRPO's G samples
+  of one question) prefills that head once instead of B times.
   return_hidden: return the final-norm hidden states `[B, T, D]` (compute dtype) instead of
   the logits (for embedders, and for chunked log-prob computation over large vocabularies).
   """
@@ -384,9 +392,11 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
       raise ValueError(f"cache has {len(cache.v)} layers, the model {c.num_layers}")
     mask = attn_mask.astype(bool)
     if prefill:
-      mask = mask[:, :, :t]
+      mask = mask[:, :, :shared_prefix + t]
   if prefill and cache is None:
     raise ValueError("prefill=True needs a cache to fill")
+  if shared_prefix and not prefill:
+    raise ValueError("shared_prefix needs prefill=True")
 
   x = embed[tokens].astype(dtype)  # [B, T, D]
   if cache is not None and not prefill:
@@ -408,15 +418,25 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
     new_cache = Cache(k=tuple(new_k), v=tuple(new_v), index=cache.index + t)
   else:
     lp = {k: v.astype(dtype) for k, v in lp.items()}
+    xs: Any = lp
+    if shared_prefix:  # row 0's prefix keys/values, per layer: [L, 1, Hkv, P0, Dh]
+      xs = (lp, jnp.stack([jnp.swapaxes(kc[:1, :, :, :shared_prefix], 2, 3) for kc in cache.k]),
+            jnp.stack([vc[:1, :, :shared_prefix] for vc in cache.v]))
 
-    def layer(x, w):
+    def layer(x, xs):
+      w = xs[0] if shared_prefix else xs
       q, k, v = _qkv(c, w, x, positions)
-      attn = _attention_heads(q, k, v, mask, PREFILL_QUERY_BLOCK)  # [B, T, H, Dh]
+      keys, values = k, v
+      if shared_prefix:
+        shape = (b,) + xs[1].shape[1:]  # [B, Hkv, P0, Dh]
+        keys = jnp.concatenate([jnp.broadcast_to(xs[1].astype(dtype), shape), k], axis=2)
+        values = jnp.concatenate([jnp.broadcast_to(xs[2].astype(dtype), shape), v], axis=2)
+      attn = _attention_heads(q, keys, values, mask, PREFILL_QUERY_BLOCK)  # [B, T, H, Dh]
       return _attn_out_and_mlp(c, w, x, attn), ((k, v) if prefill else None)
 
     if remat:  # keep only each layer's input; recompute the rest when differentiating
       layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
-    x, kv = jax.lax.scan(layer, x, lp)  # kv: ([L, B, Hkv, T, Dh], same) when prefill
+    x, kv = jax.lax.scan(layer, x, xs)  # kv: ([L, B, Hkv, T, Dh], same) when prefill
     new_cache = None
     if prefill:
       ks, vs = kv
@@ -482,12 +502,15 @@ def decode_weights(config: ModelConfig, params: nnx.State) -> DecodeWeights:
 
 def hidden_states(config: ModelConfig, params: nnx.State, tokens: Array, positions: Array,
                   cache: Cache | None = None, attn_mask: Array | None = None, *,
-                  remat: bool = False, prefill: bool = False) -> tuple[Array, Cache | None]:
-  """As `apply`, but returns the final-norm hidden states `[B, T, D]` instead of logits."""
+                  remat: bool = False, prefill: bool = False, shared_prefix: int = 0
+                  ) -> tuple[Array, Cache | None]:
+  """As `apply`, but returns the final-norm hidden states `[B, T, D]` instead of logits.
+
+  shared_prefix: see `_forward` (a prefill after a prefix common to all rows)."""
   model = nnx.merge(_graphdef(config), params)
   return _forward(config, model.embed[...], model.stacked_layer_params(), model.final_norm[...],
                   None, tokens, positions, cache, attn_mask, return_hidden=True, remat=remat,
-                  prefill=prefill)
+                  prefill=prefill, shared_prefix=shared_prefix)
 
 
 def unembed(config: ModelConfig, params: nnx.State, hidden: Array) -> Array:

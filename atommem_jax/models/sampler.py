@@ -131,23 +131,26 @@ def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
   uniforms per row (0.4 ms). A block of SAMPLE_BLOCK tokens is chosen with probability its
   mass, then a token within it with probability its share of that mass. Both targets are
   clamped strictly below the cumulative total they are compared with, so a token (or
-  block) of zero probability is never the first to exceed its target: filtered tokens and
-  the padding of the last block cannot be drawn.
+  block: its mass is a sum of zeros, exactly 0) of zero probability is never the first to
+  exceed its target: filtered tokens and the padding of the last block cannot be drawn.
   """
   b, v = logits.shape
   n_blocks = -(-v // SAMPLE_BLOCK)
   weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # [B, V], 1 at the max
   weights = jnp.pad(weights, ((0, 0), (0, n_blocks * SAMPLE_BLOCK - v)))
-  within = jnp.cumsum(weights.reshape(b, n_blocks, SAMPLE_BLOCK), axis=-1)  # [B, nb, blk]
-  across = jnp.cumsum(within[..., -1], axis=-1)  # [B, nb]: mass of blocks 0..j
+  weights = weights.reshape(b, n_blocks, SAMPLE_BLOCK)
+  # Prefix sums only where needed: over the [B, nb] block masses, then inside the one
+  # chosen block per row (a cumsum over all V lowers to a reduce-window on CPU: 2 ms).
+  across = jnp.cumsum(jnp.sum(weights, axis=-1), axis=-1)  # [B, nb]: mass of blocks 0..j
   u = jax.random.uniform(key, (2, b, 1), jnp.float32)  # [0, 1)
 
   def below(frac: jax.Array, total: jax.Array) -> jax.Array:
     return jnp.minimum(frac * total, jnp.nextafter(total, jnp.zeros_like(total)))
 
   block = jnp.sum(across <= below(u[0], across[:, -1:]), axis=-1)  # [B], < nb
-  row = jnp.take_along_axis(within, block[:, None, None], axis=1)[:, 0]  # [B, blk]
-  offset = jnp.sum(row <= below(u[1], row[:, -1:]), axis=-1)  # [B], < blk
+  row = jnp.take_along_axis(weights, block[:, None, None], axis=1)[:, 0]  # [B, blk]
+  within = jnp.cumsum(row, axis=-1)  # [B, blk]
+  offset = jnp.sum(within <= below(u[1], within[:, -1:]), axis=-1)  # [B], < blk
   return block * SAMPLE_BLOCK + offset
 
 

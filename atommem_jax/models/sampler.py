@@ -10,9 +10,10 @@ P = H + Q, N = max_new_tokens, cache length S = P + N):
 
 Suffixes are left-padded to the smallest bucket >= the longest one, so all rows share
 the KV-cache write index and a handful of compiled shapes serve every request; RoPE
-positions are per row, so padding never shifts a sequence. The shared head is prefilled once as a single row and broadcast: a batch of agent
-prompts with one system prompt, or GRPO's G samples of a question, pay for it once.
-The head is the prompts' longest common prefix rounded down (see `shared_head_length`).
+positions are per row, so padding never shifts a sequence. The shared head (the prompts'
+longest common prefix, rounded down, see `shared_head_length`) is prefilled once as a
+single row and copied into every row's cache: a batch of agent prompts with one system
+prompt, or GRPO's G samples of a question, pay for it once.
 
 Stop strings are matched ON DEVICE, with no host round trip per step: for each stop
 string we precompute a KMP automaton over bytes, lifted to tokens as a table

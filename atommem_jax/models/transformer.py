@@ -8,8 +8,9 @@ Design choices (why, not what):
   tokens) runs an unrolled layer loop instead, over a cache held as one array per layer:
   each layer writes its T new slots with an in-place `dynamic_update_slice` and reads its
   own keys without the per-layer copy XLA:CPU makes when slicing a stacked `[L, ...]` cache
-  inside the sampler's `lax.while_loop` (measured: 45 -> 24 ms per batch-16 step of a
-  512-hidden, 8-layer model; the decode step is small, so unrolling it compiles quickly).
+  inside the sampler's `lax.while_loop` (measured with the changes in docs/design_notes.md:
+  45 -> 21 ms per batch-16 step of a 512-hidden, 8-layer model; the decode step is small,
+  so unrolling it compiles in seconds).
 * Weights are stored in "einsum layout" (`q_proj: [L, D, H, Dh]`, `o_proj: [L, H, Dh, D]`,
   ...): no reshapes in the hot path, and every dimension has a logical axis name
   (`layers`, `vocab`, `embed`, `mlp`, `heads`, `kv_heads`, `head_dim`) attached as NNX
@@ -207,8 +208,8 @@ def gqa_attention(q: Array, k: Array, v: Array, mask: Array, causal_block: int =
   q `[B, T, H, Dh]`, k/v `[B, S, Hkv, Dh]`, mask `[B, T, S]` bool -> `[B, T, H, Dh]`.
   causal_block > 0 declares the mask causal with the T queries as the last T of the S
   keys (query i sees no key after S - T + i): queries are then processed in blocks of that
-  size, each against the keys up to its own end only. Same result; half the score FLOPs, and [B, H, blk, S] score tiles instead of
-  one [B, H, T, S] tensor (long prefills on CPU are bound by that tensor's memory traffic).
+  size, each against the keys up to its own end only. Same result; half the score FLOPs,
+  and [B, H, blk, S] score tiles instead of one [B, H, T, S] tensor (long prefills on CPU are bound by that tensor's memory traffic).
   """
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hkv, S, Dh]
   return _attention_heads(q, k, v, mask, causal_block)

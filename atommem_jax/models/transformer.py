@@ -209,7 +209,8 @@ def gqa_attention(q: Array, k: Array, v: Array, mask: Array, causal_block: int =
   causal_block > 0 declares the mask causal with the T queries as the last T of the S
   keys (query i sees no key after S - T + i): queries are then processed in blocks of that
   size, each against the keys up to its own end only. Same result; half the score FLOPs,
-  and [B, H, blk, S] score tiles instead of one [B, H, T, S] tensor (long prefills on CPU are bound by that tensor's memory traffic).
+  and [B, H, blk, S] score tiles instead of one [B, H, T, S] tensor (long prefills on CPU
+  are bound by that tensor's memory traffic).
   """
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, Hkv, S, Dh]
   return _attention_heads(q, k, v, mask, causal_block)

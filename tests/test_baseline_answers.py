@@ -35,3 +35,14 @@ def test_plain_text_reply_and_tagged_reply():
   tagged = "<final_answer>\\boxed{Rome}</final_answer>"
   assert pol.answer_text(tagged) == tagged
   assert "(no answer)" in pol.answer_text("   ")
+
+
+def test_static_baselines_run_questions_with_stray_whitespace():
+  """A real HotpotQA question starts with a space; RAG's scripted Read of the question used
+  to fail the protocol's round-trip check and crash the evaluation."""
+  import dataclasses
+  ep = dataclasses.replace(EP, questions=(" " + EP.questions[0] + "\n",))
+  for policy in (pol.RAGPolicy(StubLM("\\boxed{Paris}")),
+                 pol.StaticSummaryPolicy(StubLM("\\boxed{Paris}"))):
+    [t] = _engine().run([ep], policy)
+    assert t.answers == ["Paris"], policy.name

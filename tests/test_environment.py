@@ -140,3 +140,12 @@ def test_episode_validation():
     env.Episode("e", (), (), "doc")
   with pytest.raises(ValueError, match="gold"):
     env.Episode("e", ("q",), (), "doc")
+  with pytest.raises(ValueError, match="question 1 is blank"):
+    env.Episode("e", ("q", " \n "), (("a",), ("b",)), "doc")
+
+
+def test_episode_questions_are_whitespace_normalised():
+  """Real HotpotQA has questions with a leading space; a question doubles as a Read query,
+  which the protocol stores stripped, so the two must agree."""
+  e = env.Episode("e", (" Who was born\nearlier,  A or B? ",), (("A",),), "doc")
+  assert e.questions == ("Who was born earlier, A or B?",)

@@ -81,6 +81,14 @@ class Episode:
   def __post_init__(self):
     if not self.questions:
       raise ValueError(f"episode {self.episode_id!r} has no questions")
+    # A question is one line of text and doubles as a retrieval query, which the protocol
+    # stores stripped: normalise whitespace here (real HotpotQA has questions with a
+    # leading space) so that "query == question" comparisons and rendered reads agree.
+    questions = tuple(" ".join(str(q).split()) for q in self.questions)
+    for i, q in enumerate(questions):
+      if not q:
+        raise ValueError(f"episode {self.episode_id!r}: question {i} is blank")
+    object.__setattr__(self, "questions", questions)
     if len(self.golds) != len(self.questions):
       raise ValueError(f"episode {self.episode_id!r}: {len(self.questions)} questions but "
                        f"{len(self.golds)} gold answer lists")

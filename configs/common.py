@@ -83,4 +83,7 @@ def base() -> ml_collections.ConfigDict:
   c.max_memory_chars = 1000  # longest entry / scratchpad shown in an AtomMem prompt
   c.viewer_episodes = 20  # episodes written to the HTML viewer
   c.verbose = False  # print each step's operations as episodes run
+  # Reuse the episodes a previous run of the same config finished in output_dir/episodes
+  # (a killed evaluation continues where it stopped); False discards them.
+  c.resume = True
   return c

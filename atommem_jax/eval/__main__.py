@@ -29,9 +29,9 @@ def main(argv):
     raise app.UsageError("--config=configs/<name>.py is required")
   try:
     cfg_lib.validate(c)  # fail before any compute
+    runner.evaluate(c)  # raises ResumeMismatch (a ConfigError) before any compute too
   except cfg_lib.ConfigError as e:
     raise app.UsageError(f"bad config: {e}") from None
-  runner.evaluate(c)
 
 
 if __name__ == "__main__":

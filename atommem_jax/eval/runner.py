@@ -24,6 +24,7 @@ from atommem_jax.agent.trajectory import Trajectory, write_jsonl
 from atommem_jax.eval import config as cfg_lib
 from atommem_jax.eval import episodes as episodes_lib
 from atommem_jax.eval import report
+from atommem_jax.eval import resume as resume_lib
 from atommem_jax.eval import viewer
 from atommem_jax.memory import state as mem_lib
 
@@ -141,6 +142,7 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   cfg_lib.validate(c)
   out = pathlib.Path(c.output_dir)
   out.mkdir(parents=True, exist_ok=True)
+  store = resume_lib.EpisodeStore(out, c)  # before any compute: a mismatch fails fast
   (out / "config.json").write_text(c.to_json_best_effort(indent=2))
   t0 = time.perf_counter()
   model = build_model(c, out)
@@ -159,22 +161,34 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
         cell = f"{method}@{dataset}/{length}"
         policy = make_policy(method, model, c, c.seed)
         start = time.perf_counter()
-        trajs: list[Trajectory] = []
+        wanted = {e.episode_id for e in eps}
+        done = [t for t in store.load(method, dataset, str(length)) if t.episode_id in wanted]
+        finished = resume_lib.finished_episodes(done, c.group_size)
+        trajs: list[Trajectory] = [t for t in done if t.episode_id in finished]
+        todo = [e for e in eps if e.episode_id not in finished]
+        if finished:
+          echo(f"[resume] {cell}: {len(finished)} of {len(eps)} episodes already finished in "
+               f"{store.root}")
         bs = c.sampling.batch_size
-        bar = tqdm(total=len(eps), desc=cell, unit="ep", leave=False)
-        for k in range(0, len(eps), bs):
-          batch = eps[k:k + bs]
+        bar = tqdm(total=len(eps), initial=len(eps) - len(todo), desc=cell, unit="ep",
+                   leave=False)
+        for k in range(0, len(todo), bs):
+          batch = todo[k:k + bs]
           if method == "full_context":
-            trajs += pol.full_context(policy, batch, metrics.score_all,
-                                      answer_template=c.prompts.answer)
+            new = pol.full_context(policy, batch, metrics.score_all,
+                                   answer_template=c.prompts.answer)
           else:
             eng = RolloutEngine(rollout_config(c, method, dim), tokenizer,
                                 embed_fn, metrics.score_all)
-            trajs += eng.run(batch, policy, group_size=c.group_size,
-                             progress=lambda step, active: bar.set_postfix(
-                                 call=step, running=active, refresh=True))
+            new = eng.run(batch, policy, group_size=c.group_size,
+                          progress=lambda step, active: bar.set_postfix(
+                              call=step, running=active, refresh=True))
+          store.append(method, dataset, str(length), new)
+          trajs += new
           bar.update(len(batch))
         bar.close()
+        order = {e.episode_id: i for i, e in enumerate(eps)}
+        trajs.sort(key=lambda t: (order[t.episode_id], t.sample))
         timings[cell] = time.perf_counter() - start
         lm = policy if isinstance(policy, pol.LMClient) else getattr(policy, "lm", None)
         if lm is not None:

@@ -88,3 +88,20 @@ def test_store_mends_a_record_whose_newline_was_cut(tmp_path):
   done = store.load("oracle", "synthetic", "8")
   store.append("oracle", "synthetic", "8", done[:1])
   assert len(store.load("oracle", "synthetic", "8")) == len(done) + 1
+
+
+def test_a_group_cut_short_is_rerun_whole_and_superseded():
+  """G samples per episode: a kill after some samples of a group leaves it unfinished; the
+  rerun appends the whole group again, and only the latest record per sample counts."""
+  from atommem_jax.agent.trajectory import Trajectory
+
+  def traj(ep, sample, answer):
+    return Trajectory(episode_id=ep, method="m", questions=["q"], golds=[["a"]],
+                      answers=[answer], steps=[], sample=sample)
+
+  old = [traj("e1", 0, "x"), traj("e1", 1, "x"), traj("e2", 0, "x")]  # e2 lost sample 1
+  assert resume_lib.finished_episodes(old, group_size=2) == {"e1"}
+  rerun = old + [traj("e2", 0, "y"), traj("e2", 1, "y")]
+  kept = resume_lib.latest(rerun)
+  assert len(kept) == 4 and resume_lib.finished_episodes(kept, 2) == {"e1", "e2"}
+  assert {t.answers[0] for t in kept if t.episode_id == "e2"} == {"y"}

@@ -107,8 +107,16 @@ class EpisodeStore:
 
 
 def finished_episodes(trajectories: Iterable[Trajectory], group_size: int) -> set[str]:
-  """Episode ids with all `group_size` samples present."""
-  counts: dict[str, int] = {}
+  """Episode ids with every sample 0..group_size-1 present."""
+  samples: dict[str, set[int]] = {}
   for t in trajectories:
-    counts[t.episode_id] = counts.get(t.episode_id, 0) + 1
-  return {e for e, n in counts.items() if n >= group_size}
+    samples.setdefault(t.episode_id, set()).add(t.sample)
+  want = set(range(group_size))
+  return {e for e, got in samples.items() if want <= got}
+
+
+def latest(trajectories: Iterable[Trajectory]) -> list[Trajectory]:
+  """One record per (episode, sample), the last written: a group cut short by a kill is
+  rerun whole and appended again, so its earlier partial samples are superseded."""
+  by_key = {(t.episode_id, t.sample): t for t in trajectories}
+  return list(by_key.values())

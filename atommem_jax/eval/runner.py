@@ -162,7 +162,8 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
         policy = make_policy(method, model, c, c.seed)
         start = time.perf_counter()
         wanted = {e.episode_id for e in eps}
-        done = [t for t in store.load(method, dataset, str(length)) if t.episode_id in wanted]
+        done = [t for t in resume_lib.latest(store.load(method, dataset, str(length)))
+                if t.episode_id in wanted]
         finished = resume_lib.finished_episodes(done, c.group_size)
         trajs: list[Trajectory] = [t for t in done if t.episode_id in finished]
         todo = [e for e in eps if e.episode_id not in finished]

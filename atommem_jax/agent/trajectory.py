@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Any, Iterable, Iterator
 
@@ -69,12 +70,18 @@ class Trajectory:
     return cls(**d)
 
 
-def write_jsonl(path: str | pathlib.Path, trajectories: Iterable[Trajectory]) -> pathlib.Path:
+def write_jsonl(path: str | pathlib.Path, trajectories: Iterable[Trajectory], *,
+                append: bool = False) -> pathlib.Path:
+  """One JSON record per line. append: add to the file and make the write durable (flush +
+  fsync) before returning, for stores that must survive a kill right after."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with path.open("w", encoding="utf-8") as f:
+  with path.open("a" if append else "w", encoding="utf-8") as f:
     for t in trajectories:
       f.write(json.dumps(t.to_json(), ensure_ascii=False) + "\n")
+    if append:
+      f.flush()
+      os.fsync(f.fileno())
   return path
 
 

@@ -11,13 +11,12 @@ different config in the same output_dir stops with an error naming the keys that
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from collections.abc import Iterable
 
 import ml_collections
 
-from atommem_jax.agent.trajectory import Trajectory
+from atommem_jax.agent.trajectory import Trajectory, write_jsonl
 from atommem_jax.eval.config import ConfigError
 
 # Keys that never change a finished episode: where results go, which cells run, how
@@ -98,12 +97,7 @@ class EpisodeStore:
   def append(self, method: str, dataset: str, length: str,
              trajectories: Iterable[Trajectory]) -> None:
     """Adds a finished batch, durably (flush + fsync) before the next batch starts."""
-    path = self._path(method, dataset, length)
-    with path.open("a", encoding="utf-8") as f:
-      for t in trajectories:
-        f.write(json.dumps(t.to_json(), ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+    write_jsonl(self._path(method, dataset, length), trajectories, append=True)
 
 
 def finished_episodes(trajectories: Iterable[Trajectory], group_size: int) -> set[str]:

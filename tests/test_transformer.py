@@ -277,3 +277,34 @@ def test_remat_gives_the_same_loss_and_grads():
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(a, b, atol=1e-6)
   assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0)) > 0
+
+
+@pytest.mark.parametrize("tile_bytes,rows", [(1, 1), (2 * 4 * 8 * 8 * 4, 2)])
+def test_prefill_attention_in_row_groups_equals_one_pass(monkeypatch, tile_bytes, rows):
+  """CPU prefill attention runs a few batch rows per pass (cache-sized score tiles); the
+  result, its gradient, and a whole cached prefill must not depend on the grouping."""
+  b, t, h, hkv, dh = 5, 8, 4, 2, 4  # 5 rows: groups of 2 leave a remainder
+  rng = np.random.RandomState(0)
+  q = jnp.asarray(rng.randn(b, t, h, dh), jnp.float32)
+  k, v = (jnp.asarray(rng.randn(b, hkv, t, dh), jnp.float32) for _ in range(2))
+  mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+  mask = mask.at[1, :, :3].set(False).at[1, :3, :3].set(jnp.eye(3, dtype=bool))  # left pad
+  whole = tr._attention_heads(q, k, v, mask, tr.PREFILL_QUERY_BLOCK)
+  monkeypatch.setattr(tr, "CPU_SCORE_TILE_BYTES", tile_bytes)
+  assert tr._attention_rows_per_pass(b, h, t, t) == rows
+  np.testing.assert_allclose(tr._prefill_attention(q, k, v, mask), whole, atol=1e-6)
+  grad = lambda f: jax.grad(lambda q: jnp.sum(f(q, k, v, mask) ** 2))(q)  # noqa: E731
+  np.testing.assert_allclose(grad(tr._prefill_attention),
+                             grad(lambda *a: tr._attention_heads(*a, tr.PREFILL_QUERY_BLOCK)),
+                             atol=1e-5)
+
+
+def test_row_grouped_forward_equals_one_pass(monkeypatch):
+  config = tiny("qwen3")
+  params = _random_params(config)
+  ids = _ids((3, 10))
+  pos = jnp.broadcast_to(jnp.arange(10, dtype=jnp.int32), (3, 10))
+  whole, _ = tr.apply(config, params, ids, pos)  # eager: the patched constant is read
+  monkeypatch.setattr(tr, "CPU_SCORE_TILE_BYTES", 1)
+  grouped, _ = tr.apply(config, params, ids, pos)
+  np.testing.assert_allclose(grouped, whole, atol=1e-5)

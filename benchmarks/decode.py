@@ -9,7 +9,14 @@ Two throughputs per side, medians over `--repeats` runs after one warm-up:
   end-to-end = B * N / time(prompt -> N new tokens), prefill included;
   decode     = B * (N - 1) / (time(N new tokens) - time(1 new token)), the per-step loop alone.
 Our compile time (tracing + XLA compilation, from jax.monitoring events) is reported apart
-and never counted in throughput. Both sides run float32 on the same CPU threads
+and never counted in throughput.
+
+A roofline section then says how far either side is from what this machine allows, measured
+in the same run: both prefills in GFLOP/s (the same FLOPs on both sides), and our decode
+step's *matmul floor*, i.e. the time of one step's weight matmuls alone (every layer's
+q/k/v, o, gate/up and down projections and the output head, as the decode loop runs them),
+from which follows the best end-to-end ratio any sampler built on XLA:CPU's matmuls could
+reach here: torch's time / (our prefill + N x floor). Both sides run float32 on the same CPU threads
 (torch.set_num_threads = cores; XLA uses all cores), sample with temperature 1 and no
 top-k / top-p, and never stop early (no EOS), so both produce exactly B * N tokens.
 """
@@ -31,7 +38,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from atommem_jax.models import sampler  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from atommem_jax.models import sampler, transformer  # noqa: E402
 from atommem_jax.models.hf_io import from_pretrained  # noqa: E402
 
 RANDOM_HF = dict(vocab_size=32_000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
@@ -64,6 +73,10 @@ class Row:
   torch_decode: float  # new tokens / s of the decode loop alone
   ours_decode: float
   compile_s: float
+  torch_prefill_s: float = 0.0
+  ours_prefill_s: float = 0.0
+  floor_step_s: float = 0.0  # our decode step's weight matmuls alone
+  prefill_gflop: float = 0.0
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -114,12 +127,46 @@ def _bench(name, config, params, torch_model, batch, prompt_len, new, repeats) -
   torch_first = _torch_time(torch_model, prompts, 1, repeats)
   decode = lambda full, first: batch * (new - 1) / max(full - first, 1e-9)
   row = Row(name, batch, prompt_len, new, batch * new / torch_full, batch * new / ours_full,
-            decode(torch_full, torch_first), decode(ours_full, ours_first), compile_s)
+            decode(torch_full, torch_first), decode(ours_full, ours_first), compile_s,
+            torch_first, ours_first, _matmul_floor(config, params, batch, repeats),
+            _prefill_flops(config, batch, prompt_len) / 1e9)
   print(f"  {name} B={batch}: end-to-end torch {row.torch_e2e:.1f} / ours {row.ours_e2e:.1f} "
         f"tok/s; decode torch {row.torch_decode:.1f} / ours {row.ours_decode:.1f} tok/s; "
         f"our prefill {ours_first:.2f}s vs torch {torch_first:.2f}s; compile {compile_s:.1f}s",
         flush=True)
   return row
+
+
+def _matmul_floor(config, params, batch: int, repeats: int) -> float:
+  """Seconds of one decode step's weight matmuls alone, in the layout the decode loop uses
+  (`transformer.decode_weights`, `_feature_major_matmul`), inputs passed in (no folding)."""
+  w = transformer.decode_weights(config, params)
+  dtype = config.jnp_dtype
+  widths = {"qkv_t": config.hidden_size, "o_t": config.num_heads * config.head_dim,
+            "gate_up_t": config.hidden_size, "down_t": config.intermediate_size}
+  xs = {k: jnp.ones((batch, 1, d), dtype) for k, d in widths.items()}
+
+  @jax.jit
+  def step(w, xs):
+    total = transformer._feature_major_matmul(xs["qkv_t"], w.head_t).sum()
+    for layer in w.layers:
+      for k, x in xs.items():
+        total += transformer._feature_major_matmul(x, layer[k]).sum()
+    return total
+
+  return _median_time(lambda: step(w, xs).block_until_ready(), max(repeats, 10))
+
+
+def _prefill_flops(config, batch: int, prompt_len: int) -> float:
+  """Matmul FLOPs of a prefill: the layers' projections for every prompt token, full
+  (unmasked) attention scores and values, the output head for the last token."""
+  c = config
+  per_token = 2 * c.num_layers * (
+      c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim  # q, k, v
+      + c.num_heads * c.head_dim * c.hidden_size  # o
+      + 3 * c.hidden_size * c.intermediate_size)  # gate, up, down
+  attention = 4 * c.num_layers * c.num_heads * c.head_dim * prompt_len * prompt_len
+  return batch * (per_token * prompt_len + attention + 2 * c.hidden_size * c.vocab_size)
 
 
 def _smollm2(dtype_name: str = "float32"):
@@ -178,6 +225,21 @@ def main(argv: list[str] | None = None) -> None:
              f"{r.ours_decode / r.torch_decode:.2f}x", f"{r.compile_s:.1f}")
     print("| " + " | ".join(str(c).rjust(len(h)) for c, h in zip(cells, cols)) + " |")
   print("(tok/s = new tokens per second; e2e includes prefill; decode excludes it)")
+
+  print("\nRoofline (same run): prefill GFLOP/s on both sides; our decode step vs its matmuls "
+        "alone; the best e2e ratio with every non-matmul cost of decode at zero")
+  cols = ("model", "batch", "prefill GFLOP", "torch GFLOP/s", "ours GFLOP/s", "our step ms",
+          "matmul floor ms", "best e2e ratio", "measured e2e ratio")
+  print("| " + " | ".join(cols) + " |")
+  print("|" + "|".join("-" * (len(c) + 2) for c in cols) + "|")
+  for r in rows:
+    step_ms = 1e3 * r.batch / r.ours_decode
+    torch_s = r.batch * r.new / r.torch_e2e
+    best = torch_s / (r.ours_prefill_s + r.new * r.floor_step_s)
+    cells = (r.model, r.batch, f"{r.prefill_gflop:.1f}", f"{r.prefill_gflop / r.torch_prefill_s:.0f}",
+             f"{r.prefill_gflop / r.ours_prefill_s:.0f}", f"{step_ms:.1f}",
+             f"{1e3 * r.floor_step_s:.1f}", f"{best:.2f}x", f"{r.ours_e2e / r.torch_e2e:.2f}x")
+    print("| " + " | ".join(str(c).rjust(len(h)) for c, h in zip(cells, cols)) + " |")
   print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
         "(other processes on the machine skew both sides; torch's OpenMP suffers most)")
 

@@ -54,7 +54,15 @@ def test_tiny_random_model_runs_every_method_end_to_end(tmp_path):
   assert llm_steps and all(len(s.response_ids) == len(s.response_logprobs) > 0 for s in llm_steps)
   assert all(len(s.loss_mask) == len(s.prompt_ids) + len(s.response_ids) for s in llm_steps)
   assert all(s.prompt_ids for s in llm_steps)
-  assert res["atommem"]["longest_prompt_tokens"] <= c.sampling.max_prompt_tokens
+  assert 0 < res["atommem"]["longest_prompt_tokens"] <= c.sampling.max_prompt_tokens
+  # Run again: every episode is resumed, nothing is sampled, and the report still knows
+  # the longest prompt from the stored trajectories.
+  messages: list[str] = []
+  again = runner.evaluate(c, echo=messages.append)
+  assert again["atommem"]["longest_prompt_tokens"] == res["atommem"]["longest_prompt_tokens"]
+  assert again["atommem"]["model_calls"] == 0
+  assert any(m.startswith("[prompts] atommem:") and "every episode was resumed" in m
+             for m in messages)
 
 
 def test_batched_llm_rollouts_equal_one_at_a_time(test_tokenizer):

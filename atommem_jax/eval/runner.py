@@ -198,7 +198,10 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
                                                 "truncated_prompts": 0, "model_calls": 0,
                                                 "prompt_tokens": 0, "generated_tokens": 0,
                                                 "generate_seconds": 0.0})
-          st["longest_prompt_tokens"] = max(st["longest_prompt_tokens"], lm.max_prompt_len)
+          # Over every episode of the cell, resumed ones included (their steps keep the
+          # prompt ids the model saw); the client only saw this run's calls.
+          seen = max((len(s.prompt_ids) for t in trajs for s in t.steps), default=0)
+          st["longest_prompt_tokens"] = max(st["longest_prompt_tokens"], lm.max_prompt_len, seen)
           st["longest_prompt_tokens_before_cut"] = max(st["longest_prompt_tokens_before_cut"],
                                                        lm.max_raw_prompt_len)
           for k, v in (("truncated_prompts", lm.truncated_prompts),
@@ -228,6 +231,10 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   html.write_text(viewer.render_html(all_trajs[: c.viewer_episodes], title=f"atommem-jax · {out.name}"))
   echo("\n" + report.summary_table(results))
   for method, st in prompt_stats.items():
+    if not st["model_calls"]:
+      echo(f"[prompts] {method}: longest {st['longest_prompt_tokens']} tokens (stored "
+           "trajectories); no model calls in this run: every episode was resumed")
+      continue
     secs = max(st["generate_seconds"], 1e-9)
     echo(f"[prompts] {method}: longest {st['longest_prompt_tokens']} tokens "
          f"({st['longest_prompt_tokens_before_cut']} before the head+tail cut; "

@@ -2,12 +2,11 @@
 
 The untrained starting point that SFT / GRPO must beat:
   python -m atommem_jax.eval --config=configs/eval_hotpotqa_smollm2.py
-Cost on 2 CPU cores (measured 2026-11-25, results in docs/results.md): full_context 19
-min and rag 18 min for the 50 questions; atommem about 16 min per batch of 16 (8 reading
-calls on ~2.7K-token prompts, then the answering calls), so about an hour for 50; memagent
-and static_summary make similar reading calls (not timed at 50), so all five is an
-estimated 3-4 hour CPU run; it resumes where it stops (output_dir/episodes), so it can
-run in pieces.
+Cost on 2 CPU cores (measured 2026-11-25, results in docs/results.md), for the 50 questions:
+full_context 19 min, rag 18 min, atommem 51 min (8 reading calls on ~2.7K-token prompts
+per batch of 16, then the answering calls), static_summary 42 min, memagent about 60 min
+(the last two partly shared the cores), so all five is about a 3 hour CPU run; it resumes
+where it stops (output_dir/episodes), so it can run in pieces.
 `--config.max_examples=8 --config.sampling.batch_size=8` gives a small table sooner.
 MemAgent-style documents of 50 Wikipedia paragraphs (~7K tokens), read in 2,048-token
 sections (4 per document). CPU budget choices, each a config key: at most 8 reading calls

@@ -3,7 +3,7 @@
 The untrained starting point that SFT / GRPO must beat:
   python -m atommem_jax.eval --config=configs/eval_hotpotqa_smollm2.py
 Cost on 2 CPU cores (measured 2026-11-25, results in docs/results.md), for the 50 questions:
-full_context 19 min, rag 18 min, atommem 51 min (8 reading calls on ~2.7K-token prompts
+full_context 19 min, rag 18 min, atommem 51 min (4 reading calls on ~2.7K-token prompts
 per batch of 16, then the answering calls), static_summary 42 min, memagent about 60 min
 (the last two partly shared the cores), so all five is about a 3 hour CPU run; it resumes
 where it stops (output_dir/episodes), so it can run in pieces.

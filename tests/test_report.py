@@ -77,3 +77,12 @@ def test_aggregate_by_dataset_and_length(tmp_path):
   assert "| atommem | musique | 50 | 2 | 0.000 |" in table
   paths = report.write_reports({"atommem": res}, tmp_path)
   assert paths["scores_png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ops_panel_says_when_a_method_emitted_no_operation(tmp_path):
+  res = report.aggregate({"silent": {"50": [_t(0.0, ops=((), ()))]},
+                          "busy": {"50": [_t(1.0)]}})
+  assert report.ops_panel_note(res["silent"]["ops"]) == "no memory operations\nin 2 model calls"
+  assert report.ops_panel_note(res["busy"]["ops"]) is None
+  report.plot_ops(res, tmp_path / "ops.png")
+  assert (tmp_path / "ops.png").read_bytes()[:4] == b"\x89PNG"

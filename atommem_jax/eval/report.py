@@ -163,6 +163,15 @@ def plot_scores(results: dict, path: pathlib.Path, x_label: str = "context lengt
   plt.close(fig)
 
 
+def ops_panel_note(ops: dict) -> str | None:
+  """The text an ops panel shows in place of curves when the method emitted no memory
+  operation at all (a prompted model that never writes a tag), else None: an empty panel
+  reads as a plotting bug."""
+  if any(any(ys) for ys in ops["by_position"].values()):
+    return None
+  return f"no memory operations\nin {ops['steps']} model calls"
+
+
 def plot_ops(results: dict, path: pathlib.Path):
   import matplotlib
   matplotlib.use("Agg")
@@ -178,8 +187,11 @@ def plot_ops(results: dict, path: pathlib.Path):
     ax.set_title(f"{method}: ops per call")
     ax.set_xlabel("model call (step position)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # a method may emit no ops at all
+    if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7)
+    note = ops_panel_note(results[method]["ops"])
+    if note:
+      ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="0.4")
   axes[0][0].set_ylabel("mean ops of each kind")
   fig.tight_layout()
   fig.savefig(path, dpi=110)

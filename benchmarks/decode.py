@@ -9,16 +9,16 @@ Two throughputs per side, medians over `--repeats` runs after one warm-up:
   end-to-end = B * N / time(prompt -> N new tokens), prefill included;
   decode     = B * (N - 1) / (time(N new tokens) - time(1 new token)), the per-step loop alone.
 Our compile time (tracing + XLA compilation, from jax.monitoring events) is reported apart
-and never counted in throughput.
+and never counted in throughput. Both sides run float32 on the same CPU threads
+(torch.set_num_threads = cores; XLA uses all cores), sample with temperature 1 and no
+top-k / top-p, and never stop early (no EOS), so both produce exactly B * N tokens.
 
 A roofline section then says how far either side is from what this machine allows, measured
 in the same run: both prefills in GFLOP/s (the same FLOPs on both sides), and our decode
 step's *matmul floor*, i.e. the time of one step's weight matmuls alone (every layer's
 q/k/v, o, gate/up and down projections and the output head, as the decode loop runs them),
 from which follows the best end-to-end ratio any sampler built on XLA:CPU's matmuls could
-reach here: torch's time / (our prefill + N x floor). Both sides run float32 on the same CPU threads
-(torch.set_num_threads = cores; XLA uses all cores), sample with temperature 1 and no
-top-k / top-p, and never stop early (no EOS), so both produce exactly B * N tokens.
+reach here: torch's time / (our prefill + N x floor).
 """
 from __future__ import annotations
 
@@ -34,11 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-
-import jax.numpy as jnp  # noqa: E402
 
 from atommem_jax.models import sampler, transformer  # noqa: E402
 from atommem_jax.models.hf_io import from_pretrained  # noqa: E402
@@ -73,10 +72,10 @@ class Row:
   torch_decode: float  # new tokens / s of the decode loop alone
   ours_decode: float
   compile_s: float
-  torch_prefill_s: float = 0.0
-  ours_prefill_s: float = 0.0
-  floor_step_s: float = 0.0  # our decode step's weight matmuls alone
-  prefill_gflop: float = 0.0
+  torch_prefill_s: float  # prompt -> 1 new token
+  ours_prefill_s: float
+  floor_step_s: float  # our decode step's weight matmuls alone
+  prefill_gflop: float
 
 
 def _median_time(fn, repeats: int) -> float:

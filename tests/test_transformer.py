@@ -282,7 +282,7 @@ def test_remat_gives_the_same_loss_and_grads():
 @pytest.mark.parametrize("tile_bytes,rows", [(1, 1), (2 * 4 * 8 * 8 * 4, 2)])
 def test_prefill_attention_in_row_groups_equals_one_pass(monkeypatch, tile_bytes, rows):
   """CPU prefill attention runs a few batch rows per pass (cache-sized score tiles); the
-  result, its gradient, and a whole cached prefill must not depend on the grouping."""
+  result and its gradient must not depend on the grouping."""
   b, t, h, hkv, dh = 5, 8, 4, 2, 4  # 5 rows: groups of 2 leave a remainder
   rng = np.random.RandomState(0)
   q = jnp.asarray(rng.randn(b, t, h, dh), jnp.float32)
@@ -304,7 +304,11 @@ def test_row_grouped_forward_equals_one_pass(monkeypatch):
   params = _random_params(config)
   ids = _ids((3, 10))
   pos = jnp.broadcast_to(jnp.arange(10, dtype=jnp.int32), (3, 10))
+  scans = lambda: str(jax.make_jaxpr(  # noqa: E731  scan count of a traced forward
+      lambda p: tr.apply(config, p, ids, pos))(params)).count("scan[")
   whole, _ = tr.apply(config, params, ids, pos)  # eager: the patched constant is read
+  one_pass_scans = scans()
   monkeypatch.setattr(tr, "CPU_SCORE_TILE_BYTES", 1)
+  assert scans() == one_pass_scans + 1  # the row-group lax.map inside the layer scan
   grouped, _ = tr.apply(config, params, ids, pos)
   np.testing.assert_allclose(grouped, whole, atol=1e-5)

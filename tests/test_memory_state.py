@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 from atommem_jax.memory import encode
 from atommem_jax.memory import state as S
 from atommem_jax.memory.text_table import TextTable

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atommem_jax.agent import protocol
-from atommem_jax.agent.protocol import ErrorKind, Op, ParsedStep, parse, render
+from atommem_jax import protocol
+from atommem_jax.protocol import ErrorKind, Op, ParsedStep, parse, render
 
 E = ErrorKind
 

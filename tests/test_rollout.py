@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from atommem_jax.agent import environment as env_lib
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 from atommem_jax.agent.rollout import Action, RolloutConfig, RolloutEngine
 from atommem_jax.memory import state as mem_lib
 

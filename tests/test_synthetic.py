@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 from atommem_jax.data import synthetic as syn
 from atommem_jax.data import synthetic_replay as rep
 

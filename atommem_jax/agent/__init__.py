@@ -1,1 +1,1 @@
-"""The agent: AtomMem tag protocol, prompts, chunk-stream environment, rollouts."""
+"""The agent: prompts, chunk-stream environment, rollouts."""

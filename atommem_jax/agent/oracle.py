@@ -16,7 +16,7 @@ from typing import Sequence
 import ml_collections
 
 from atommem_jax.agent import environment as env_lib
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 from atommem_jax.agent.rollout import Action, Observation
 from atommem_jax.data import synthetic
 from atommem_jax.data import synthetic_replay

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from atommem_jax.agent import environment as env_lib
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 from atommem_jax.agent.prompts import PromptSet, load_template
 from atommem_jax.agent.rollout import Action, Observation
 from atommem_jax.agent.trajectory import StepRecord, Trajectory

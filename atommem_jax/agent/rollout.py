@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from atommem_jax.agent import environment as env_lib
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 from atommem_jax.agent.trajectory import StepRecord, Trajectory
 from atommem_jax.memory import state as mem_lib
 from atommem_jax.memory.encode import encode_ops

@@ -20,10 +20,11 @@ import re
 import string
 from typing import Sequence
 
+from atommem_jax.protocol import extract_boxed  # the one boxed extractor (parser and metrics)
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = frozenset(string.punctuation)
 _SPECIAL = ("yes", "no", "noanswer")
-_BOXED = re.compile(r"\\boxed\s*\{")
 
 
 def normalize_answer(text: str) -> str:
@@ -126,28 +127,6 @@ def mean_scores(predictions: Sequence[str], golds: Sequence[str | Sequence[str]]
   for p, g in zip(predictions, golds):
     totals.update(score_all(p, g))
   return {k: v / len(predictions) for k, v in totals.items()}
-
-
-def extract_boxed(text: str) -> str | None:
-  """Content of the LAST `\\boxed{...}` (balanced braces), or None if there is none.
-
-  Model outputs often restate a boxed answer; the last one is the final answer. Unbalanced
-  braces after the last `\\boxed{` make that box unusable, so an earlier complete one is used.
-  """
-  if not isinstance(text, str):
-    raise ValueError(f"extract_boxed: text must be a str, got {type(text).__name__}")
-  starts = [m.end() for m in _BOXED.finditer(text)]
-  for start in reversed(starts):
-    depth = 1
-    for i in range(start, len(text)):
-      c = text[i]
-      if c == "{":
-        depth += 1
-      elif c == "}":
-        depth -= 1
-        if depth == 0:
-          return text[start:i].strip()
-  return None
 
 
 def extract_answer(text: str) -> str:

@@ -30,7 +30,7 @@ import random
 import re
 from typing import Iterator, Literal, Sequence
 
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 
 TaskKind = Literal["chain", "count", "mixed"]
 _SYLLABLES = ("al", "bra", "cor", "dun", "el", "fen", "gar", "hol", "is", "jor", "kel", "lun",

@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from atommem_jax.agent import environment, protocol
+from atommem_jax import protocol
+from atommem_jax.agent import environment
 from atommem_jax.data import synthetic
 from atommem_jax.memory import encode as encode_lib
 from atommem_jax.memory import state as state_lib

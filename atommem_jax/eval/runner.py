@@ -17,7 +17,7 @@ import numpy as np
 
 from atommem_jax.agent import environment as env_lib
 from atommem_jax.agent import policies as pol
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 from atommem_jax.agent.prompts import PromptSet
 from atommem_jax.agent.rollout import RolloutConfig, RolloutEngine
 from atommem_jax.agent.trajectory import Trajectory, write_jsonl

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from atommem_jax.agent import protocol
+from atommem_jax import protocol
 from atommem_jax.memory import state as state_lib
 from atommem_jax.memory.text_table import TextTable
 

@@ -164,21 +164,49 @@ def _parse_index(content: str) -> tuple[int | None, str, ErrorKind | None]:
   return int(token), content.lstrip()[m.end():].strip(), None
 
 
+def _boxes(text: str) -> list[tuple[str, bool]]:
+  """Every `\\boxed{...}` in text, in order: (content, balanced). Nested braces are kept;
+  an unbalanced box runs to the end of the text (balanced=False)."""
+  out = []
+  for m in _BOX_RE.finditer(text):
+    depth, start = 1, m.end()
+    for i in range(start, len(text)):
+      ch = text[i]
+      if ch == "{":
+        depth += 1
+      elif ch == "}":
+        depth -= 1
+        if depth == 0:
+          out.append((text[start:i].strip(), True))
+          break
+    else:
+      out.append((text[start:].strip(), False))
+  return out
+
+
+def extract_boxed(text: str, which: str = "last") -> str | None:
+  """Content of the first or last complete `\\boxed{...}` (balanced braces), else None.
+
+  The one boxed-answer extractor: the parser takes the first box of a `<final_answer>`,
+  the metrics the last box of free-form output (models restate, the last one is final).
+  """
+  if not isinstance(text, str):
+    raise ValueError(f"extract_boxed: text must be a str, got {type(text).__name__}")
+  if which not in ("first", "last"):
+    raise ValueError(f"extract_boxed: which must be 'first' or 'last', got {which!r}")
+  done = [c for c, ok in _boxes(text) if ok]
+  if not done:
+    return None
+  return done[0] if which == "first" else done[-1]
+
+
 def _parse_answer(content: str) -> tuple[str, ErrorKind | None]:
   """The content of the first `\\boxed{...}` (nested braces kept), else the stripped text."""
-  m = _BOX_RE.search(content)
-  if m is None:
+  boxes = _boxes(content)
+  if not boxes:
     return content.strip(), None
-  depth, start = 1, m.end()
-  for i in range(start, len(content)):
-    ch = content[i]
-    if ch == "{":
-      depth += 1
-    elif ch == "}":
-      depth -= 1
-      if depth == 0:
-        return content[start:i].strip(), None
-  return content[start:].strip(), ErrorKind.MALFORMED_ANSWER
+  text, balanced = boxes[0]
+  return text, None if balanced else ErrorKind.MALFORMED_ANSWER
 
 
 def _parse_segment(text: str, offset: int, full: str, max_chars: int | None, ops: list[Op],

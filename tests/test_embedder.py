@@ -1,6 +1,8 @@
 """Embedders: Flax BERT vs transformers/sentence-transformers, policy and hashing embedders."""
 from __future__ import annotations
 
+import functools
+
 
 import jax
 import jax.numpy as jnp
@@ -117,7 +119,8 @@ def test_policy_embedder_pools_hidden_states():
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape).astype(a.dtype)),
                         tf.abstract_params(config))
-  emb = E.PolicyEmbedder(config, params, test_tokenizer, batch_size=3, buckets=(8, 64))
+  policy_emb = E.PolicyEmbedder(config, test_tokenizer, batch_size=3, buckets=(8, 64))
+  emb = functools.partial(policy_emb.embed, params=params)
   texts = ["memory about Oslo", "a", "x " * 40]
   out = emb(texts)
   assert out.shape == (3, config.hidden_size)
@@ -129,8 +132,11 @@ def test_policy_embedder_pools_hidden_states():
   np.testing.assert_allclose(out[2], emb(["x " * 32])[0], atol=2e-6)
   # The pooled states are the final hidden states: projecting them gives the model's logits.
   ids = jnp.asarray([test_tokenizer.encode(texts[0])], jnp.int32)
-  logits = np.asarray(emb.hidden_states(ids)) @ np.asarray(params["lm_head"][...])
+  logits = np.asarray(policy_emb.hidden_states(params, ids)) @ np.asarray(params["lm_head"][...])
   np.testing.assert_allclose(logits, np.asarray(tf.forward(config, params, ids)), atol=1e-4)
+  # Parameters are an argument of each call: other weights, other vectors (same embedder).
+  params2 = jax.tree.map(lambda a: a * 1.5, params)
+  assert not np.allclose(policy_emb.embed(texts, params=params2), out, atol=1e-3)
 
 
 def test_hashing_embedder_is_deterministic_normalised_and_lexical():

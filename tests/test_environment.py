@@ -127,6 +127,27 @@ def test_answering_allowance_is_bounded():
   assert c.final_answers() == (None,)
 
 
+def test_answer_budget_only_when_reading_was_cut():
+  """An episode that read every section within the budget answers within the budget: the
+  extra answering calls exist only for an episode whose reading the budget cut short."""
+  cfg = env.EnvConfig(max_calls=4, max_query_times=3)
+  c = env.new_cursor(2, 1, cfg)
+  for _ in range(2):
+    c, _ = env.step(c, S("create"))
+  assert c.phase == env.ANSWERING and not c.reading_cut
+  n = 0
+  while not c.done:
+    c, _ = env.step(c, S("scratchpad"))  # never answers
+    n += 1
+  assert n == 2 and c.calls == cfg.max_calls  # not max_calls + answer_budget
+  # Reading that ends exactly on the last budgeted call spent the budget reading: answers
+  # still get their calls.
+  c = env.new_cursor(2, 1, env.EnvConfig(max_calls=2))
+  for _ in range(2):
+    c, _ = env.step(c, S("create"))
+  assert c.unread_sections == 0 and c.reading_cut and c.phase == env.ANSWERING
+
+
 def test_automatic_budget_and_config_validation():
   assert env.EnvConfig(max_calls=0).call_budget(4, 2) == 2 * 4 + 4 * 2
   with pytest.raises(ValueError, match="overlap"):

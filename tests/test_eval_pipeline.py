@@ -80,9 +80,9 @@ def test_batched_llm_rollouts_equal_one_at_a_time(test_tokenizer):
   docs = ["The museum was founded by Ann Lee in 1901. " * k for k in (3, 6, 9)]
   eps = [env_lib.Episode(f"e{i}", ("Who founded the museum?",), (("Ann Lee",),), d)
          for i, d in enumerate(docs)]
-  policy = lambda: pol.AtomMemPolicy(pol.LMClient(mc, params, tok, sampling), max_memory_chars=200)
-  batched = eng.run(eps, policy())
-  single = [eng.run([e], policy())[0] for e in eps]
+  policy = lambda: pol.AtomMemPolicy(pol.LMClient(mc, tok, sampling), max_memory_chars=200)
+  batched = eng.run(eps, policy(), params=params).trajectories
+  single = [eng.run([e], policy(), params=params).trajectories[0] for e in eps]
   for b, s in zip(batched, single):
     assert [x.response_ids for x in b.steps] == [x.response_ids for x in s.steps]
     assert [x.prompt_ids for x in b.steps] == [x.prompt_ids for x in s.steps]

@@ -28,7 +28,7 @@ def _run(method, eps, allowed=None):
   kw = {"allowed_ops": allowed} if allowed else {}
   cfg = RolloutConfig(env=env_lib.EnvConfig(max_calls=0),
                       memory=mem_lib.MemoryConfig(capacity=32, dim=128, top_k=6), **kw)
-  return RolloutEngine(cfg, None, emb.embed, score_all).run(eps, oracle.make_scripted_policy(method))
+  return RolloutEngine(cfg, None, emb.embed, score_all).run(eps, oracle.make_scripted_policy(method)).trajectories
 
 
 def test_oracle_answers_everything_from_memory_and_baselines_do_worse():
@@ -55,7 +55,7 @@ def _run_policy(policy, eps):
   emb = HashingEmbedder(dim=128)
   cfg = RolloutConfig(env=env_lib.EnvConfig(max_calls=0),
                       memory=mem_lib.MemoryConfig(capacity=32, dim=128, top_k=6))
-  return RolloutEngine(cfg, None, emb.embed, score_all).run(eps, policy)
+  return RolloutEngine(cfg, None, emb.embed, score_all).run(eps, policy).trajectories
 
 
 def test_misaligned_stream_is_an_error():

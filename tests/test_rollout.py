@@ -49,7 +49,7 @@ class ScriptedPolicy:
   def __init__(self):
     self.seen: list = []
 
-  def act(self, observations):
+  def act(self, observations, params=None):
     self.seen.append(observations)
     out = []
     for o in observations:
@@ -86,7 +86,7 @@ EP = env_lib.Episode("e1", ("What is the capital?",), (("Paris",),), DOC)
 def test_scripted_episode_threads_memory_through_steps():
   eng = _engine()
   policy = ScriptedPolicy()
-  [t] = eng.run([EP], policy)
+  [t] = eng.run([EP], policy).trajectories
   phases = [s.phase for s in t.steps]
   assert phases.count("reading") == 4  # 3 sections + one re-presentation after the query
   assert t.answers == ["Paris"] and t.scores["exact_match"] == 1.0
@@ -109,7 +109,7 @@ def test_trajectory_jsonl_round_trip_keeps_loss_mask_and_final_memory(tmp_path):
 
   from atommem_jax.agent.trajectory import read_jsonl, write_jsonl
 
-  [t] = _engine().run([EP], ScriptedPolicy())
+  [t] = _engine().run([EP], ScriptedPolicy()).trajectories
   t.steps[0].prompt_ids, t.steps[0].response_ids = [1, 2, 3], [4, 5]
   path = write_jsonl(tmp_path / "t.jsonl", [t])
   raw = json.loads(path.read_text().splitlines()[0])
@@ -121,9 +121,9 @@ def test_trajectory_jsonl_round_trip_keeps_loss_mask_and_final_memory(tmp_path):
 def test_batched_group_equals_single_and_finished_rows_stay_idle():
   eng = _engine()
   ep2 = env_lib.Episode("e2", ("What is the capital?",), (("Paris",),), "The capital is Paris.")
-  batched = eng.run([EP, ep2], ScriptedPolicy(), group_size=2)
+  batched = eng.run([EP, ep2], ScriptedPolicy(), group_size=2).trajectories
   assert [(t.episode_id, t.sample) for t in batched] == [("e1", 0), ("e1", 1), ("e2", 0), ("e2", 1)]
-  single = [eng.run([e], ScriptedPolicy())[0] for e in (EP, ep2)]
+  single = [eng.run([e], ScriptedPolicy()).trajectories[0] for e in (EP, ep2)]
   for b, s in zip(batched[::2], single):
     assert b.answers == s.answers and b.op_counts == s.op_counts
     assert [x.response_text for x in b.steps] == [x.response_text for x in s.steps]
@@ -132,7 +132,7 @@ def test_batched_group_equals_single_and_finished_rows_stay_idle():
 
 def test_disallowed_ops_are_dropped_and_reported():
   eng = _engine(allowed_ops=("scratchpad",))
-  [t] = eng.run([EP], ScriptedPolicy())
+  [t] = eng.run([EP], ScriptedPolicy()).trajectories
   assert t.op_counts["creates"] == 0
   assert any("op_not_allowed <add_memory>" in e for e in t.steps[0].parse_errors)
 
@@ -141,7 +141,7 @@ def test_policy_returning_wrong_number_of_actions_is_an_error():
   class Bad:
     name, advance_rule = "bad", "atommem"
 
-    def act(self, obs):
+    def act(self, obs, params=None):
       return []
 
   with pytest.raises(ValueError, match="returned 0 actions for 1"):

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from atommem_jax import protocol
+from atommem_jax.agent import environment as env_lib
+from atommem_jax.agent import oracle
+from atommem_jax.agent.rollout import RolloutConfig, RolloutEngine
 from atommem_jax.data import synthetic as syn
-from atommem_jax.data import synthetic_replay as rep
+from atommem_jax.data.metrics import score_all
+from atommem_jax.memory import state as mem_lib
 
 
 def embed(texts):
@@ -51,43 +55,49 @@ def test_structure(cfg):
       assert "delete" in ex.uses
 
 
+def _run(cfg, seed, n, method):
+  """Scripted `method` on n tasks through the one rollout engine (uncapped call budget)."""
+  eps = oracle.episodes_of(cfg, seed, n)
+  allowed = ("scratchpad",) if method == "scratchpad_only" else protocol.OP_KINDS
+  engine = RolloutEngine(RolloutConfig(env=env_lib.EnvConfig(max_calls=0),
+                                       memory=mem_lib.MemoryConfig(capacity=32, dim=64, top_k=6),
+                                       allowed_ops=allowed), None, embed, score_all)
+  return engine.run(eps, oracle.make_scripted_policy(method)).trajectories
+
+
+def _accuracy(cfg, seed, n, method):
+  trajs = _run(cfg, seed, n, method)
+  return sum(t.scores["exact_match"] for t in trajs) / len(trajs)
+
+
 @pytest.mark.parametrize("cfg", [
     syn.SyntheticConfig(task="chain", hops=4, corrections=2, num_chunks=8),
     syn.SyntheticConfig(task="count", members=5, retractions=2, num_chunks=8),
     syn.SyntheticConfig(task="mixed", distractors_per_chunk=6),
 ])
 def test_oracle_replay_answers_everything(cfg):
-  """Oracle turns through parse -> encode_ops -> MemoryState.apply, checked against the stream."""
-  for ex in syn.generate_many(cfg, 1, 6):
-    res = rep.replay(ex, rep.oracle_turns(ex), embed, check_stream=True)
-    assert res.derived_answer == ex.answer == res.written_answer
-    assert res.op_errors == 0 and res.parse_errors == 0
-    assert len(res.displayed) >= 1
-    if "update" in ex.uses:
-      assert res.counters["updates"] >= 1
-    if "delete" in ex.uses:
-      assert res.counters["deletes"] >= 1
+  """Oracle turns through parse -> encode_ops -> MemoryState.apply, in step with the stream."""
+  for t in _run(cfg, 1, 6, "oracle"):
+    assert t.scores["exact_match"] == 1.0
+    assert t.op_counts["parse_errors"] == 0
+    assert not any(s.op_errors for s in t.steps)
+    assert t.steps[-1].shown_memories  # the answer came from displayed entries
+    uses = t.meta["uses"]
+    if "update" in uses:
+      assert t.op_counts["updates"] >= 1
+    if "delete" in uses:
+      assert t.op_counts["deletes"] >= 1
 
 
 def test_baselines_lower_with_corrections_and_retractions():
-  chain = list(syn.generate_many(syn.SyntheticConfig(task="chain", corrections=2), 2, 12))
-  count = list(syn.generate_many(syn.SyntheticConfig(task="count", retractions=2), 2, 12))
-  for exs in (chain, count):
-    oracle = rep.accuracy(exs, "oracle", embed)
-    assert oracle == 1.0
-    assert rep.accuracy(exs, "create_all_read_once", embed) <= oracle - 0.5
-    assert rep.accuracy(exs, "scratchpad_only", embed) <= oracle - 0.5
+  for cfg in (syn.SyntheticConfig(task="chain", corrections=2),
+              syn.SyntheticConfig(task="count", retractions=2)):
+    assert _accuracy(cfg, 2, 12, "oracle") == 1.0
+    assert _accuracy(cfg, 2, 12, "create_all_read_once") <= 0.5
+    assert _accuracy(cfg, 2, 12, "scratchpad_only") <= 0.5
   # Without corrections/retractions, create-everything is as good as the oracle.
-  plain = list(syn.generate_many(syn.SyntheticConfig(task="chain", corrections=0), 2, 6))
-  assert rep.accuracy(plain, "create_all_read_once", embed) == 1.0
-
-
-def test_stream_check_catches_misaligned_turns():
-  ex = syn.generate(syn.SyntheticConfig(task="count", retractions=1), 0, 0)
-  turns = rep.oracle_turns(ex)
-  bad = [t for t in turns if t[1] != syn.DELETED_MOVE_ON]  # the delete no longer moves on
-  with pytest.raises(ValueError, match="was written for chunk"):
-    rep.replay(ex, bad, embed, check_stream=True)
+  assert _accuracy(syn.SyntheticConfig(task="chain", corrections=0), 2, 6,
+                   "create_all_read_once") == 1.0
 
 
 def test_answer_from_memory():
@@ -106,7 +116,7 @@ def test_to_dict_and_episode():
   d = ex.to_dict()
   assert d["oracle_responses"] == [s.response for s in ex.oracle]
   assert len(d["event_kinds"]) == len(ex.events)
-  ep = rep.to_episode(ex)
+  ep = oracle.to_episode(ex)
   assert ep.sections == ex.chunks and ep.golds == ((ex.answer,),)
 
 

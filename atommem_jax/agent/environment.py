@@ -10,12 +10,18 @@ Follows the official AtomMem step semantics (RUCBM/AtomMem,
   * once the document is exhausted the questions are answered one at a time; per question
     the query may change at most `max_query_times` times, a further change skips it;
   * an episode is capped at `max_calls` model calls, so it always ends.
-Three deliberate fixes (documented in docs/design_notes.md): the query limit applies per
+Deliberate fixes (documented in docs/design_notes.md): the query limit applies per
 question in the answering phase only (officially it also counts during reading, where it
 can skip questions), and an answer written while still reading is a counted error rather
-than consuming the next question; and when the call budget runs out while still reading,
-the agent stops reading and still answers (`answer_after_budget`, default on; officially the
-episode ends unanswered, which scores long documents as zero whatever the memory holds).
+than consuming the next question; when the call budget runs out while still reading, the
+agent stops reading and still answers with up to `max_query_times + 1` further calls per
+question (`answer_after_budget`, default on; officially the episode ends unanswered, which
+scores long documents as zero whatever the memory holds). Those extra calls exist only when
+reading was cut short: an episode that read every section answers within `call_budget`.
+One answer extraction for every method: in the answering phase a reply without any
+protocol tag answers the question with its free text (the `\\boxed{}` content if any, as
+MemAgent scores free-form replies), flagged `untagged_answer` so it is counted and can be
+penalised; without this, a method whose model forgets the tag could never answer.
 
 Everything here is a pure function of an immutable `Cursor` and a parsed step, so it is
 trivially testable and replayable.
@@ -61,7 +67,7 @@ class EnvConfig:
     return 2 * num_chunks + (self.max_query_times + 1) * num_questions
 
   def answer_budget(self, num_questions: int) -> int:
-    """Calls granted beyond `call_budget` for answering after reading was cut short."""
+    """Calls granted beyond `call_budget` for answering, used only when reading was cut short."""
     return (self.max_query_times + 1) * num_questions if self.answer_after_budget else 0
 
 
@@ -115,11 +121,12 @@ class Cursor:
   num_chunks: int
   num_questions: int
   call_budget: int
-  answer_budget: int = 0  # extra calls for answering once call_budget is spent
+  answer_budget: int = 0  # extra answering calls when call_budget cut reading short
   chunk: int = 0  # index of the section shown next
   question: int = 0  # question being answered (answering phase)
   query_times: int = 0  # query changes on this section / for this question
   calls: int = 0
+  reading_calls: int = 0  # calls spent in the reading phase
   answers: tuple[str | None, ...] = ()  # per question; None = skipped / unanswered
 
   @property
@@ -128,7 +135,8 @@ class Cursor:
       return DONE
     if self.chunk < self.num_chunks and self.calls < self.call_budget:
       return READING
-    if self.calls >= self.call_budget + self.answer_budget:
+    extra = self.answer_budget if self.reading_cut else 0
+    if self.calls >= self.call_budget + extra:
       return DONE
     return ANSWERING
 
@@ -139,8 +147,9 @@ class Cursor:
 
   @property
   def reading_cut(self) -> bool:
-    """True when the call budget stopped reading before the last section."""
-    return self.unread_sections > 0 and self.calls >= self.call_budget
+    """True when reading spent the whole call budget (sections may remain unread): only
+    then are the `answer_budget` extra calls granted."""
+    return self.reading_calls >= self.call_budget
 
   @property
   def done(self) -> bool:
@@ -165,6 +174,19 @@ class StepEvents:
   answered: int | None = None  # question index answered by this response
   skipped: int | None = None  # question index skipped (query limit exceeded)
   premature_answer: bool = False  # <final_answer> while still reading (ignored)
+  untagged_answer: bool = False  # answered by a reply without any protocol tag
+
+
+def answer_of(parsed) -> tuple[str | None, bool]:
+  """(answer, untagged) of an answering-phase reply: the `<final_answer>` content; else,
+  for a reply with no protocol tag at all, its free text (boxed content if any); else None."""
+  if parsed.answer is not None:
+    return parsed.answer, False
+  if parsed.ops or not parsed.free_text.strip():
+    return None, False
+  from atommem_jax.data.metrics import extract_answer
+
+  return extract_answer(parsed.free_text) or None, True
 
 
 def step(cursor: Cursor, parsed, max_query_times: int = 3, advance_rule: str = "atommem"
@@ -177,6 +199,7 @@ def step(cursor: Cursor, parsed, max_query_times: int = 3, advance_rule: str = "
   kinds = [op.kind for op in parsed.ops]
   has_answer = parsed.answer is not None
   if phase == READING:
+    c = dataclasses.replace(c, reading_calls=c.reading_calls + 1)
     tagless = not kinds and not has_answer
     advance = (advance_rule == "every_step" or tagless
                or any(k in ("create", "update") for k in kinds))
@@ -197,9 +220,10 @@ def step(cursor: Cursor, parsed, max_query_times: int = 3, advance_rule: str = "
                               answers=tuple(answers))
       return c, StepEvents(phase, skipped=c.question - 1)
     c = dataclasses.replace(c, query_times=c.query_times + 1)
-  if has_answer:
-    answers.append(parsed.answer)
+  answer, untagged = answer_of(parsed)
+  if answer is not None:
+    answers.append(answer)
     q = c.question
     c = dataclasses.replace(c, question=q + 1, query_times=0, answers=tuple(answers))
-    return c, StepEvents(phase, answered=q)
+    return c, StepEvents(phase, answered=q, untagged_answer=untagged)
   return c, StepEvents(phase)

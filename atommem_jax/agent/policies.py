@@ -10,6 +10,11 @@
   oracle        scripted policy for synthetic tasks (see `atommem_jax.agent.oracle`)
 The static workflows differ from AtomMem only in who decides the memory operations: a
 fixed script instead of the policy.
+
+Rendering is separate from sampling: `policy.render(observation)` gives the exact prompt
+text and ids (chat template, head+tail cut) without calling the model, `LMClient.complete`
+samples with the parameters passed to it, and `RenderedTeacher` pairs a scripted teacher's
+responses with a student's prompts (SFT data).
 """
 from __future__ import annotations
 
@@ -19,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from atommem_jax.agent import environment as env_lib
 from atommem_jax import protocol
+from atommem_jax.agent import environment as env_lib
 from atommem_jax.agent.prompts import PromptSet, load_template
 from atommem_jax.agent.rollout import Action, Observation
 from atommem_jax.agent.trajectory import StepRecord, Trajectory
@@ -46,37 +51,45 @@ class SamplingConfig:
       raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
 
 
-def _bucket(n: int) -> int:
-  """Batch sizes are padded to powers of two so a handful of compiled shapes serve all."""
-  return 1 << max(0, (n - 1).bit_length())
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """A rendered prompt: the exact text and token ids a model is shown for one observation."""
+
+  text: str
+  ids: list[int]
+  kind: str  # env_lib.READING or env_lib.ANSWERING (picks the token budget and stops)
 
 
-class LMClient:
-  """Chat-templated batched completion with the jitted sampler; keeps ids and log-probs."""
+class ChatEncoder:
+  """Chat template + tokenisation + the head+tail cut: the prompt ids a model sees.
 
-  def __init__(self, model_config, params, tokenizer, sampling: SamplingConfig = SamplingConfig(),
-               seed: int = 0):
-    self.model_config = model_config
-    self.params = params
+  One instance per policy, shared by sampling (`LMClient`) and SFT data (a teacher's
+  responses rendered with the student's prompts), so training sees exactly the tokens
+  evaluation shows. Counts what it cut.
+  """
+
+  def __init__(self, tokenizer, max_prompt_tokens: int):
+    if max_prompt_tokens <= 0:
+      raise ValueError(f"max_prompt_tokens must be positive, got {max_prompt_tokens}")
     self.tokenizer = tokenizer
-    self.sampling = sampling
-    self.seed = seed
-    self.calls = 0
+    self.max_prompt_tokens = max_prompt_tokens
     self.truncated_prompts = 0
     self.prompts_encoded = 0
     self.max_prompt_len = 0  # longest prompt sent to the model (after any cut)
     self.max_raw_prompt_len = 0  # longest prompt rendered (before the cut)
-    self.prompt_tokens = 0  # real prompt tokens sent (batch padding excluded)
-    self.generated_tokens = 0  # tokens generated for real rows
-    self.generate_seconds = 0.0  # wall time inside `generate` (prefill + decode + compiles)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eos = tokenizer.eos_token_id
-    self.stop_ids = tuple(sorted({i for i in (eos, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-                                  if isinstance(i, int) and i >= 0}))
+    self.stop_ids = tuple(sorted({i for i in (eos, im_end) if isinstance(i, int) and i >= 0}))
+    # The token that closes an assistant turn in the chat template: a rendered (teacher)
+    # response ends with it, as a sampled one ends with the stop token the model emitted.
+    self.end_of_turn = im_end if isinstance(im_end, int) and im_end >= 0 and im_end != getattr(
+        tokenizer, "unk_token_id", None) else eos
 
-  def encode_chat(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+  def encode(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+    """(prompt text, prompt ids) with the generation prompt; the middle is cut to fit."""
     text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-    cap = self.sampling.max_prompt_tokens
+    cap = self.max_prompt_tokens
     self.prompts_encoded += 1
     self.max_raw_prompt_len = max(self.max_raw_prompt_len, len(ids))
     if len(ids) > cap:
@@ -85,39 +98,72 @@ class LMClient:
     self.max_prompt_len = max(self.max_prompt_len, len(ids))
     return text, ids
 
-  def complete(self, chats: Sequence[list[dict[str, str]]], max_new_tokens: int,
+  def response(self, text: str) -> tuple[str, list[int]]:
+    """(text, ids) of a written (not sampled) response: its tokens plus the end-of-turn
+    token; the text is the decoded ids, so text and tokens always agree."""
+    ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    if self.end_of_turn is not None:
+      ids.append(int(self.end_of_turn))
+    return self.tokenizer.decode(ids, skip_special_tokens=True), ids
+
+
+class LMClient:
+  """Batched completion with the jitted sampler; the parameters are given per call."""
+
+  def __init__(self, model_config, tokenizer, sampling: SamplingConfig = SamplingConfig(),
+               seed: int = 0):
+    self.model_config = model_config
+    self.tokenizer = tokenizer
+    self.sampling = sampling
+    self.encoder = ChatEncoder(tokenizer, sampling.max_prompt_tokens)
+    self.seed = seed
+    self.calls = 0
+    self.prompt_tokens = 0  # real prompt tokens sent (batch padding excluded)
+    self.generated_tokens = 0  # tokens generated for real rows
+    self.generate_seconds = 0.0  # wall time inside `generate` (prefill + decode + compiles)
+
+  # The encoder's counters, under the names reports read.
+  truncated_prompts = property(lambda self: self.encoder.truncated_prompts)
+  prompts_encoded = property(lambda self: self.encoder.prompts_encoded)
+  max_prompt_len = property(lambda self: self.encoder.max_prompt_len)
+  max_raw_prompt_len = property(lambda self: self.encoder.max_raw_prompt_len)
+
+  def encode_chat(self, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+    return self.encoder.encode(messages)
+
+  def complete(self, params, prompts: Sequence[Prompt], max_new_tokens: int,
                stop_strings: Sequence[str] = ()) -> list[Action]:
+    """Samples one response per prompt with `params`; actions keep ids and log-probs."""
     from atommem_jax.models.sampler import generate  # the model stack loads only when used
 
-    if not chats:
+    if not prompts:
       return []
-    encoded = [self.encode_chat(m) for m in chats]
-    prompts = [ids for _, ids in encoded]
-    n = len(prompts)
-    prompts += [prompts[0]] * (_bucket(n) - n)  # pad the batch; outputs of pads are dropped
+    if params is None:
+      raise ValueError("LMClient.complete: params is None (pass the model parameters to "
+                       "RolloutEngine.run(..., params=...))")
     s = self.sampling
     start = time.perf_counter()
-    out = generate(self.model_config, self.params, prompts, max_new_tokens=max_new_tokens,
-                   temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                   stop_token_ids=self.stop_ids, stop_strings=tuple(stop_strings),
-                   tokenizer=self.tokenizer, seed=self.seed + self.calls)
+    out = generate(self.model_config, params, [p.ids for p in prompts],
+                   max_new_tokens=max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                   top_p=s.top_p, stop_token_ids=self.encoder.stop_ids,
+                   stop_strings=tuple(stop_strings), tokenizer=self.tokenizer,
+                   seed=self.seed + self.calls)
     self.calls += 1
-    tokens, lengths, logprobs = (np.asarray(out.tokens), np.asarray(out.lengths),
-                                 np.asarray(out.logprobs))
+    tokens, lengths, logprobs = out.tokens, out.lengths, out.logprobs
     self.generate_seconds += time.perf_counter() - start
-    self.prompt_tokens += sum(len(ids) for _, ids in encoded)
-    self.generated_tokens += int(lengths[:n].sum())
+    self.prompt_tokens += sum(len(p.ids) for p in prompts)
+    self.generated_tokens += int(lengths.sum())
     actions = []
-    for r, (text, ids) in enumerate(encoded):
+    for r, p in enumerate(prompts):
       resp = tokens[r, : lengths[r]].tolist()
       actions.append(Action(
-          text=self.tokenizer.decode(resp, skip_special_tokens=True), prompt_text=text,
-          prompt_ids=list(ids), response_ids=resp, logprobs=logprobs[r, : lengths[r]].tolist()))
+          text=self.tokenizer.decode(resp, skip_special_tokens=True), prompt_text=p.text,
+          prompt_ids=list(p.ids), response_ids=resp, logprobs=logprobs[r, : lengths[r]].tolist()))
     return actions
 
 
 class _LLMPolicyBase:
-  """Groups observations by turn kind and makes one batched model call per group."""
+  """Renders observations to prompts and makes one batched model call per turn kind."""
 
   name = "llm"
   advance_rule = "atommem"
@@ -133,28 +179,65 @@ class _LLMPolicyBase:
     """(chat messages, turn kind) for a model call; kind is "reading" or "answering"."""
     raise NotImplementedError
 
-  def _wrap(self, o: Observation, action: Action) -> Action:
-    """Post-processes the model's response (static workflows turn it into ops)."""
-    return action
+  def _interpret(self, o: Observation, action: Action) -> str | None:
+    """Protocol text to apply instead of the model's text (static workflows), or None."""
+    return None
 
-  def act(self, observations: Sequence[Observation]) -> list[Action]:
+  def render(self, o: Observation) -> Prompt:
+    """The prompt this policy shows the model for `o` (no sampling): SFT renders a
+    teacher's responses with it, so training sees exactly the tokens evaluation shows."""
+    messages, kind = self._chat(o)
+    text, ids = self.lm.encoder.encode(messages)
+    return Prompt(text, ids, kind)
+
+  def act(self, observations: Sequence[Observation], params=None) -> list[Action]:
     out: list[Action | None] = [None] * len(observations)
-    groups: dict[str, list[tuple[int, list[dict[str, str]]]]] = {}
+    groups: dict[str, list[tuple[int, Prompt]]] = {}
     for j, o in enumerate(observations):
       scripted = self._script(o)
       if scripted is not None:
         out[j] = Action(text=scripted, scripted=True)
         continue
-      chat, kind = self._chat(o)
-      groups.setdefault(kind, []).append((j, chat))
+      prompt = self.render(o)
+      groups.setdefault(prompt.kind, []).append((j, prompt))
     s = self.lm.sampling
     for kind, items in groups.items():
       budget = s.max_new_tokens if kind == env_lib.READING else s.max_answer_tokens
       stops = () if kind == env_lib.READING else _ANSWER_STOP
-      acts = self.lm.complete([c for _, c in items], budget, stops)
+      acts = self.lm.complete(params, [p for _, p in items], budget, stops)
       for (j, _), a in zip(items, acts):
-        out[j] = self._wrap(observations[j], a)
+        a.applied = self._interpret(observations[j], a)
+        out[j] = a
     return out  # type: ignore[return-value]
+
+
+class RenderedTeacher:
+  """A scripted teacher's responses with the token ids a student policy would see.
+
+  The teacher (e.g. `oracle.ScriptedPolicy`) decides every response; the student renders
+  each observation's prompt (`student.render`) and tokenises the response with its own
+  tokenizer, so the trajectory is SFT data for the student: prompt ids exactly as
+  evaluation shows them, response ids whose decoding is the response text.
+  """
+
+  def __init__(self, teacher, student: _LLMPolicyBase):
+    self.teacher = teacher
+    self.student = student
+    self.name = teacher.name
+    self.advance_rule = teacher.advance_rule
+
+  def act(self, observations: Sequence[Observation], params=None) -> list[Action]:
+    actions = self.teacher.act(observations, params)
+    out = []
+    for o, a in zip(observations, actions):
+      prompt = self.student.render(o)
+      text, ids = self.student.lm.encoder.response(a.text)
+      # Should the tokenizer not give the text back exactly, the teacher's text is still
+      # what the environment applies (and the record shows both).
+      applied = a.applied if a.applied is not None else (a.text if text != a.text else None)
+      out.append(dataclasses.replace(a, text=text, prompt_text=prompt.text, applied=applied,
+                                     prompt_ids=list(prompt.ids), response_ids=ids, logprobs=[]))
+    return out
 
 
 def _clip(text: str, n: int) -> str:
@@ -207,28 +290,6 @@ class _AnswerFromContext(_LLMPolicyBase):
                                   context=context or "(nothing)")
     return [{"role": "user", "content": user}], env_lib.ANSWERING
 
-  def _wrap(self, o: Observation, action: Action) -> Action:
-    if o.phase == env_lib.ANSWERING:
-      action.text = answer_text(action.text)
-    return action
-
-
-def answer_text(text: str) -> str:
-  """A baseline's answering reply as a protocol answer.
-
-  The baselines ask for `<final_answer>\boxed{...}</final_answer>`, but a reply without the
-  tag is still the model's answer (the \boxed{} content, else the stripped text, as
-  MemAgent scores free-form replies); without this an untagged reply would leave the
-  question open and the greedy model would repeat itself until the call budget ran out.
-  """
-  parsed = protocol.parse(text)
-  if parsed.answer is not None:
-    return text
-  from atommem_jax.data.metrics import extract_answer
-
-  answer = extract_answer(parsed.free_text or text).replace("}", ")").replace("{", "(")
-  return protocol.render(answer=answer or "(no answer)", max_chars=None)
-
 
 class MemAgentPolicy(_AnswerFromContext):
   """Overwrite memory: rewrite the scratchpad every section; answer from it alone."""
@@ -250,16 +311,16 @@ class MemAgentPolicy(_AnswerFromContext):
                {"role": "user", "content": user}], env_lib.READING)
     return self._answer_chat(o, o.scratchpad)
 
-  def _wrap(self, o: Observation, action: Action) -> Action:
+  def _interpret(self, o: Observation, action: Action) -> str | None:
     if o.phase != env_lib.READING:
-      return super()._wrap(o, action)
+      return None
     parsed = protocol.parse(action.text)
     notes = next((op.text for op in parsed.ops if op.kind == protocol.SCRATCHPAD), None)
     if notes is None:  # the model ignored the tag: its whole reply is the new memory
       notes = parsed.free_text.strip() or o.scratchpad
-    if notes:
-      action.text = protocol.render([protocol.Op(protocol.SCRATCHPAD, notes)], max_chars=None)
-    return action
+    if not notes:
+      return None
+    return protocol.render([protocol.Op(protocol.SCRATCHPAD, notes)], max_chars=None)
 
 
 class _RetrieveThenAnswer(_AnswerFromContext):
@@ -313,49 +374,52 @@ class StaticSummaryPolicy(_RetrieveThenAnswer):
     user = self.summary.substitute(questions=_questions_block(o), chunk=o.chunk)
     return [{"role": "user", "content": user}], env_lib.READING
 
-  def _wrap(self, o: Observation, action: Action) -> Action:
+  def _interpret(self, o: Observation, action: Action) -> str | None:
     if o.phase != env_lib.READING:
-      return super()._wrap(o, action)
+      return None
     notes = protocol.parse(action.text).free_text.strip() or action.text.strip() or "(no notes)"
     notes = notes.replace("<", "(").replace(">", ")")  # a note is content, never a tag
-    action.text = protocol.render([protocol.Op(protocol.CREATE, notes)], max_chars=None)
-    return action
+    return protocol.render([protocol.Op(protocol.CREATE, notes)], max_chars=None)
 
 
 def full_context(lm: LMClient, episodes: Sequence[env_lib.Episode], score_fn=None,
-                 max_context_tokens: int | None = None, answer_template: str = "answer.txt"
-                 ) -> list[Trajectory]:
+                 max_context_tokens: int | None = None, answer_template: str = "answer.txt",
+                 *, params) -> list[Trajectory]:
   """The no-memory baseline: the whole document in one prompt, cut to the model window.
 
   The middle of an over-long document is dropped (head and tail kept), as the official
-  data pipeline's center truncation does.
+  data pipeline's center truncation does. Answers are extracted as in the environment
+  (`environment.answer_of`), the same rule as every other method.
   """
   template = load_template(answer_template, "answer")
   cap = max_context_tokens or max(256, lm.sampling.max_prompt_tokens - 512)
-  chats, owners = [], []
+  prompts = []
   for e in episodes:
     ids = lm.tokenizer(e.document, add_special_tokens=False)["input_ids"]
     if len(ids) > cap:
       ids = ids[: cap // 2] + ids[len(ids) - (cap - cap // 2):]
     doc = lm.tokenizer.decode(ids, skip_special_tokens=True)
     for qi, q in enumerate(e.questions):
-      chats.append([{"role": "user", "content": template.substitute(question=q, context=doc)}])
-      owners.append((e, qi))
-  actions = lm.complete(chats, lm.sampling.max_answer_tokens, _ANSWER_STOP) if chats else []
+      chat = [{"role": "user", "content": template.substitute(question=q, context=doc)}]
+      text, prompt_ids = lm.encoder.encode(chat)
+      prompts.append(Prompt(text, prompt_ids, env_lib.ANSWERING))
+  actions = lm.complete(params, prompts, lm.sampling.max_answer_tokens, _ANSWER_STOP)
   out, k = [], 0
   for e in episodes:
     steps, answers = [], []
     for qi in range(len(e.questions)):
       a = actions[k]
       k += 1
-      a.text = answer_text(a.text)
       parsed = protocol.parse(a.text)
-      answers.append(parsed.answer)
+      answer, untagged = env_lib.answer_of(parsed)
+      answers.append(answer)
       steps.append(StepRecord(index=qi, phase=env_lib.ANSWERING, chunk=0, question=qi,
                               prompt_text=a.prompt_text, response_text=a.text,
                               prompt_ids=a.prompt_ids, response_ids=a.response_ids,
-                              response_logprobs=a.logprobs, answer=parsed.answer,
-                              parse_errors=[str(x) for x in parsed.errors]))
+                              response_logprobs=a.logprobs, answer=answer,
+                              parse_errors=[str(x) for x in parsed.errors],
+                              events={"answered": qi if answer is not None else None,
+                                      "untagged_answer": untagged}))
     scores = {}
     if score_fn is not None:
       per_q = [score_fn(a or "", g) for a, g in zip(answers, e.golds)]
@@ -363,5 +427,7 @@ def full_context(lm: LMClient, episodes: Sequence[env_lib.Episode], score_fn=Non
     out.append(Trajectory(episode_id=e.episode_id, method="full_context",
                           questions=list(e.questions), golds=[list(g) for g in e.golds],
                           answers=answers, steps=steps, scores=scores,
-                          op_counts={"steps": len(steps)}, meta=dict(e.meta)))
+                          op_counts={"steps": len(steps), "untagged_answers": sum(
+                              bool(st.events["untagged_answer"]) for st in steps)},
+                          meta=dict(e.meta)))
   return out

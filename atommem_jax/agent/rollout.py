@@ -4,9 +4,15 @@ Each step, for all unfinished episodes at once:
   render prompts from (cursor, MemoryState)  ->  one batched policy call  ->  parse (host)
   ->  encode ops (one embedding call)  ->  jitted vmapped `memory.apply`  ->  advance cursors.
 Finished episodes stay in the batch as no-ops, so the memory update never recompiles as
-episodes end; the policy only sees the unfinished ones (it pads its own batch to a few
-bucketed sizes). Everything a prompt shows is a function of the state and the section, so
-prompts stay bounded however long the document is.
+episodes end; the policy only sees the unfinished ones (the sampler pads its batch to a
+few bucketed sizes). Everything a prompt shows is a function of the state and the section,
+so prompts stay bounded however long the document is.
+
+This is the one episode loop: evaluation, SFT data generation (scripted teachers) and GRPO
+rollouts all run through `RolloutEngine.run`. The model parameters are an argument of each
+run (GRPO samples with the parameters of the current training step). The memory state is
+the engine's: the jitted apply donates it, and only the small fields prompts need (handles,
+ids, flags; never the embeddings) are copied to the host each step.
 """
 from __future__ import annotations
 
@@ -15,7 +21,6 @@ import functools
 from typing import Callable, Protocol, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from atommem_jax.agent import environment as env_lib
@@ -60,7 +65,14 @@ class Observation:
 
 @dataclasses.dataclass
 class Action:
-  """A policy's response; token fields are empty for scripted (non-model) responses."""
+  """A policy's response.
+
+  `text` is what the policy wrote; when token ids are present (sampled responses, and
+  scripted ones rendered for a model) `text == tokenizer.decode(response_ids,
+  skip_special_tokens=True)`. `applied` is the protocol text the environment applies
+  instead, for static workflows that turn a model's free text into fixed ops (None = the
+  text itself); it never replaces `text`, so a trajectory's text and tokens agree.
+  """
 
   text: str
   prompt_text: str = ""
@@ -68,14 +80,25 @@ class Action:
   response_ids: list[int] = dataclasses.field(default_factory=list)
   logprobs: list[float] = dataclasses.field(default_factory=list)
   scripted: bool = False
+  applied: str | None = None
 
 
 class Policy(Protocol):
   name: str
   advance_rule: str  # see EnvConfig.advance
 
-  def act(self, observations: Sequence[Observation]) -> list[Action]:
+  def act(self, observations: Sequence[Observation], params=None) -> list[Action]:
+    """One action per observation; `params` are the model parameters to sample with."""
     ...
+
+
+@dataclasses.dataclass
+class RolloutOutput:
+  """What one `RolloutEngine.run` produced, rows in (episode, sample) order."""
+
+  trajectories: list[Trajectory]
+  final_state: mem_lib.MemoryState  # batched [B*G, ...], on device
+  texts: TextTable  # resolves the state's text handles
 
 
 ScoreFn = Callable[[str | None, Sequence[str]], dict[str, float]]
@@ -83,12 +106,17 @@ ScoreFn = Callable[[str | None, Sequence[str]], dict[str, float]]
 
 @functools.lru_cache(maxsize=None)
 def _apply_fn(config: mem_lib.MemoryConfig):
-  return jax.jit(jax.vmap(functools.partial(mem_lib.apply, config=config)))
+  return jax.jit(jax.vmap(functools.partial(mem_lib.apply, config=config)), donate_argnums=0)
+
+
+# The state fields prompts and records read on the host: handles, ids and flags (a few
+# int32 per entry); the embeddings [B, C, D] stay on the device.
+_HOST_FIELDS = ("scratchpad", "text", "alive", "entry_id", "next_id", "query", "shown_ids")
 
 
 def _to_host(state: mem_lib.MemoryState) -> dict[str, np.ndarray]:
-  """One device-to-host copy of the batched state, as numpy arrays by field name."""
-  fields = jax.device_get({f.name: getattr(state, f.name) for f in dataclasses.fields(state)})
+  """One device-to-host copy of the small fields of the batched state, by field name."""
+  fields = jax.device_get({name: getattr(state, name) for name in _HOST_FIELDS})
   return {k: np.asarray(v) for k, v in fields.items()}
 
 
@@ -134,15 +162,15 @@ class RolloutEngine:
     return dataclasses.replace(parsed, ops=kept), dropped
 
   def run(self, episodes: Sequence[env_lib.Episode], policy: Policy, group_size: int = 1,
-          progress: Callable[[int, int], None] | None = None) -> list[Trajectory]:
-    """Runs every episode `group_size` times (the GRPO group) and returns trajectories."""
+          progress: Callable[[int, int], None] | None = None, params=None) -> RolloutOutput:
+    """Runs every episode `group_size` times (the GRPO group), sampling with `params`."""
     if group_size <= 0:
       raise ValueError(f"group_size must be positive, got {group_size}")
     cfg = self.config
     rows = [(e, g) for e in episodes for g in range(group_size)]
     b = len(rows)
     if not b:
-      return []
+      return RolloutOutput([], mem_lib.init_batch(cfg.memory, 0), TextTable())
     sections = {e.episode_id: self.sections(e) for e in episodes}
     cursors = [env_lib.new_cursor(len(sections[e.episode_id]), len(e.questions), cfg.env)
                for e, _ in rows]
@@ -159,14 +187,15 @@ class RolloutEngine:
         break
       obs = [self._observe(rows[i], cursors[i], sections[rows[i][0].episode_id], host, i, table)
              for i in active]
-      actions = policy.act(obs)
+      actions = policy.act(obs, params)
       if len(actions) != len(obs):
         raise ValueError(f"policy {policy.name!r} returned {len(actions)} actions for "
                          f"{len(obs)} observations")
       parsed_all = [idle] * b
       extra_errors: dict[int, list[str]] = {}
       for i, a in zip(active, actions):
-        parsed_all[i], extra_errors[i] = self._filter(protocol.parse(a.text, max_chars))
+        text = a.text if a.applied is None else a.applied
+        parsed_all[i], extra_errors[i] = self._filter(protocol.parse(text, max_chars))
       ops = encode_ops(parsed_all, table, self.embed_fn, cfg.max_ops, cfg.memory.dim)
       state, status = self._apply(state, ops)
       status = np.asarray(status)
@@ -177,10 +206,6 @@ class RolloutEngine:
                                       policy.advance_rule)
         records[i].append(self._record(len(records[i]), o, a, parsed_all[i], extra_errors[i],
                                        status[i], ev, host, i, table))
-      state = state.replace(
-          chunk=jnp.asarray([c.chunk for c in cursors], jnp.int32),
-          question=jnp.asarray([c.question for c in cursors], jnp.int32),
-          query_count=jnp.asarray([c.query_times for c in cursors], jnp.int32))
       steps_done += 1
       if progress:
         progress(steps_done, len(active))
@@ -190,7 +215,9 @@ class RolloutEngine:
       answers = list(cursors[i].final_answers())
       parse_errs = sum(len(r.parse_errors) for r in records[i])
       counters = {k: int(v[i]) for k, v in counts.items()}
+      untagged = sum(bool(r.events.get("untagged_answer")) for r in records[i])
       op_counts = dict(counters, parse_errors=parse_errs, steps=len(records[i]),
+                       untagged_answers=untagged,
                        unread_sections=cursors[i].unread_sections)  # > 0: the budget cut reading
       scores = self._score(e, answers)
       q = int(host["query"][i])
@@ -204,9 +231,7 @@ class RolloutEngine:
                             golds=[list(x) for x in e.golds], answers=answers, steps=records[i],
                             scores=scores, op_counts=op_counts, meta=dict(e.meta), sample=g,
                             final_memory=final_memory))
-    self.final_state = state
-    self.text_table = table
-    return out
+    return RolloutOutput(out, state, table)
 
   def _score(self, e: env_lib.Episode, answers: list[str | None]) -> dict[str, float]:
     if self.score_fn is None:
@@ -237,10 +262,12 @@ class RolloutEngine:
     ev_dict["scripted"] = a.scripted
     return StepRecord(
         index=index, phase=o.phase, chunk=o.chunk_index, question=o.question_index,
-        prompt_text=a.prompt_text, response_text=a.text, section=o.chunk, prompt_ids=list(a.prompt_ids),
+        prompt_text=a.prompt_text, response_text=a.text, applied_text=a.applied or "",
+        section=o.chunk, prompt_ids=list(a.prompt_ids),
         response_ids=list(a.response_ids), response_logprobs=[float(x) for x in a.logprobs],
         ops=[{"kind": op.kind, "text": op.text, "id": op.id} for op in parsed.ops],
         op_errors=op_errors, parse_errors=[str(e) for e in parsed.errors] + extra_errors,
-        answer=parsed.answer, shown_memories=list(o.memories),
+        answer=env_lib.answer_of(parsed)[0] if o.phase == env_lib.ANSWERING else parsed.answer,
+        shown_memories=list(o.memories),
         memory_after=[table.get(h) for _, h in _live_entries(host, i)],
         scratchpad_after=table.get(int(host["scratchpad"][i])), events=ev_dict)

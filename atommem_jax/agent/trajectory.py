@@ -21,7 +21,8 @@ class StepRecord:
   chunk: int  # section shown (reading) or number of sections (answering)
   question: int  # question being answered in the answering phase
   prompt_text: str
-  response_text: str
+  response_text: str  # what the policy wrote (== decoded response_ids when ids are kept)
+  applied_text: str = ""  # protocol text applied instead (static workflows), "" = response_text
   section: str = ""  # the document section shown (reading phase)
   prompt_ids: list[int] = dataclasses.field(default_factory=list)
   response_ids: list[int] = dataclasses.field(default_factory=list)

@@ -16,12 +16,12 @@ same chunk with fresh results, so an Update/Delete is "query the stored text, th
 delete `Memory 1`" (querying the exact stored text ranks that entry first for any embedder
 whose identical texts embed identically); a delete is followed by a tagless turn to move on.
 In the answering phase the oracle queries the question, then answers. Responses are written
-with `agent.protocol.render_response`, so they parse back exactly.
+with `protocol.render`, so they parse back exactly.
 
-`events` lists the key events (chunk, op, canonical text): the relevance signal the baseline
-policies in `synthetic_replay.py` get too, so they differ from the oracle only in memory use.
+`events` lists the key events (chunk, op, canonical text): the relevance signal the scripted
+baselines in `agent/oracle.py` get too, so they differ from the oracle only in memory use.
 `answer_from_memory` derives the answer from memory texts alone (no access to the gold); the
-replay in `synthetic_replay.py` checks that the oracle's memory answers every question.
+scripted policies run through the rollout engine and answer with it.
 """
 from __future__ import annotations
 

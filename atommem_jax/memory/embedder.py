@@ -256,10 +256,12 @@ class PolicyEmbedder:
   """Mean-pooled, L2-normalised final hidden states of the policy transformer.
 
   Uses `transformer.hidden_states` (the final-norm states, no vocabulary projection), so
-  memories and queries are embedded by the same weights the policy reads them with.
+  memories and queries are embedded by the same weights the policy reads them with. The
+  parameters are an argument of every call (training changes them step by step); bind
+  them with `functools.partial(embedder.embed, params=params)` for an `embed_fn`.
   """
 
-  def __init__(self, config, params, tokenizer, *, batch_size: int = 16,
+  def __init__(self, config, tokenizer, *, batch_size: int = 16,
                buckets: Sequence[int] = (32, 64, 128, 256, 512)):
     from atommem_jax.models import transformer as tf
 
@@ -278,21 +280,22 @@ class PolicyEmbedder:
       # Right padding under causal attention leaves real tokens untouched.
       return _l2_normalize(_mean_pool(hidden_states(params, ids), mask))  # [B, D]
 
-    self.hidden_states = jax.jit(functools.partial(hidden_states, params))  # [B, T, D]
-    self._encode = functools.partial(encode, params)
+    self.hidden_states = jax.jit(hidden_states)  # (params, ids [B, T]) -> [B, T, D]
+    self._encode = encode
 
   @property
   def dim(self) -> int:
     return self.config.hidden_size
 
-  def embed(self, texts: Sequence[str]) -> np.ndarray:
+  def embed(self, texts: Sequence[str], *, params) -> np.ndarray:
+    """Unit vectors `[N, dim]` of `texts` under the policy parameters `params`."""
     texts = list(texts)
     if not texts:
       return np.zeros((0, self.dim), np.float32)
     max_len = self._batcher.buckets[-1]
     tokens = [self.tokenizer.encode(t, add_special_tokens=False)[:max_len] or [self._batcher.pad_id]
               for t in texts]
-    return self._batcher.run(tokens, self._encode, self.dim)
+    return self._batcher.run(tokens, functools.partial(self._encode, params), self.dim)
 
   __call__ = embed
 

@@ -6,7 +6,8 @@ so the rollout engine runs `jax.jit(jax.vmap(apply))` over all of them at once.
 Texts live on the host: all text passes through the host anyway (parsing, prompt
 rendering), so the device state keeps int32 handles into an append-only `TextTable`
 (`memory/text_table.py`) plus the embeddings it needs for search. That keeps the state
-small and fixed-shape. Handle -1 means "no text".
+small and fixed-shape. Handle -1 means "no text". Where the episode stands (section,
+question, query changes) is not memory: the environment's `Cursor` owns it, alone.
 
 Addressing. Entries have stable ids (`entry_id`, never reused, from `next_id`); a slot is
 reused after a delete but gets a new id. The policy writes `Memory i`: that is resolved via
@@ -93,9 +94,6 @@ class MemoryState:
   query: jax.Array  # int32 [] text handle of the current query (-1 = none set)
   query_embedding: jax.Array  # float32 [D]
   shown_ids: jax.Array  # int32 [k] ids shown as Memory 1..k (-1 padded)
-  query_count: jax.Array  # int32 [] query changes for the current question / section
-  chunk: jax.Array  # int32 [] chunk position
-  question: jax.Array  # int32 [] question index
   counts: jax.Array  # int32 [len(COUNTER_NAMES)]
 
   @property
@@ -132,7 +130,6 @@ def init_state(config: MemoryConfig) -> MemoryState:
       embedding=jnp.zeros((c, d), jnp.float32), alive=jnp.zeros((c,), bool),
       entry_id=jnp.full((c,), -1, jnp.int32), next_id=i32(0), query=i32(-1),
       query_embedding=jnp.zeros((d,), jnp.float32), shown_ids=jnp.full((k,), -1, jnp.int32),
-      query_count=i32(0), chunk=i32(0), question=i32(0),
       counts=jnp.zeros((len(COUNTER_NAMES),), jnp.int32))
 
 
@@ -269,8 +266,8 @@ def set_query(state: MemoryState, text: jax.Array, embedding: jax.Array,
   on = _on(enabled)
   return _bump(state.replace(
       query=jnp.where(on, jnp.asarray(text, jnp.int32), state.query),
-      query_embedding=jnp.where(on, jnp.asarray(embedding, jnp.float32), state.query_embedding),
-      query_count=state.query_count + on.astype(jnp.int32)), C_READS, on)
+      query_embedding=jnp.where(on, jnp.asarray(embedding, jnp.float32), state.query_embedding)),
+      C_READS, on)
 
 
 def search(state: MemoryState, query_embedding: jax.Array, k: int,
@@ -309,14 +306,6 @@ def read(state: MemoryState, similarity: Similarity = "dot"
   ids = jnp.where(has_query, ids, -1)
   scores = jnp.where(has_query, scores, -jnp.inf)
   return state.replace(shown_ids=ids), ids, scores
-
-
-def next_chunk(state: MemoryState) -> MemoryState:
-  return state.replace(chunk=state.chunk + 1, query_count=jnp.zeros_like(state.query_count))
-
-
-def next_question(state: MemoryState) -> MemoryState:
-  return state.replace(question=state.question + 1, query_count=jnp.zeros_like(state.query_count))
 
 
 def apply(state: MemoryState, ops: OpBatch, config: MemoryConfig | None = None

@@ -441,6 +441,11 @@ def bucket_length(length: int, bucket_sizes: Sequence[int]) -> int:
 MIN_SHARED_PREFIX = 64  # shorter common heads are prefilled per row (not worth a pass)
 
 
+def batch_bucket(n: int) -> int:
+  """The padded batch size for n rows: the next power of two."""
+  return 1 << max(0, (n - 1).bit_length())
+
+
 def shared_head_length(prompts: Sequence[Sequence[int]]) -> int:
   """Tokens every prompt starts with, leaving each row at least one token of its own,
   rounded down to a multiple of an eighth of its power of two (at most 12.5% of the head
@@ -499,7 +504,8 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
              stop_strings: Sequence[str] = (), tokenizer: Any = None, seed: int = 0,
              pad_id: int = 0, bucket_sizes: Sequence[int] = DEFAULT_BUCKETS,
              prompt_lengths: Sequence[int] | np.ndarray | None = None,
-             padding_side: str = "left", share_prefix: bool = True) -> GenerationOutput:
+             padding_side: str = "left", share_prefix: bool = True,
+             bucket_batch: bool = True) -> GenerationOutput:
   """Samples up to `max_new_tokens` new tokens for each prompt.
 
   `prompts` is a ragged list of token-id lists, or an already padded int array `[B, T]`
@@ -515,10 +521,16 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
   share_prefix: prefill the prompts' common head (see `shared_head_length`) once for the
   whole batch (see the module docstring); results
   equal the unshared computation up to float rounding.
+  bucket_batch: pad the batch to the next power of two with copies of the first prompt
+  (their outputs are dropped), so a rollout whose batch shrinks as episodes finish reuses
+  a handful of compiled shapes instead of compiling one per batch size.
   """
   prompts = _unpad(prompts, prompt_lengths, padding_side)
   if not prompts:
     raise ValueError("prompts must be a non-empty list of token-id lists")
+  n_real = len(prompts)
+  if bucket_batch:
+    prompts = list(prompts) + [prompts[0]] * (batch_bucket(n_real) - n_real)
   if any(len(p) == 0 for p in prompts):
     raise ValueError("prompts: every prompt needs at least one token")
   if max_new_tokens <= 0:
@@ -567,5 +579,6 @@ def generate(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
     state = _decode(config, params, state, jnp.asarray(head, jnp.int32), pad, jnp.asarray(lens),
                     opts=opts, pad_id=pad_id, **common)
   out_tokens, out_lens, out_logprobs = jax.device_get((state.tokens, state.lengths, state.logprobs))
-  return GenerationOutput(tokens=np.asarray(out_tokens), lengths=np.asarray(out_lens),
-                          logprobs=np.asarray(out_logprobs))
+  return GenerationOutput(tokens=np.asarray(out_tokens)[:n_real],
+                          lengths=np.asarray(out_lens)[:n_real],
+                          logprobs=np.asarray(out_logprobs)[:n_real])

@@ -1,0 +1,1 @@
+"""Training: sharding, losses, rewards, packing, SFT and GRPO loops (import submodules directly)."""

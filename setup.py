@@ -12,7 +12,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["atommem_jax", "atommem_jax.*"]),
-    package_data={"atommem_jax": ["py.typed"]},
+    # The prompt templates ship inside the package, so a non-editable install finds them.
+    package_data={"atommem_jax": ["py.typed", "prompts/*.txt"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",

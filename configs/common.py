@@ -41,8 +41,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1
 
-  # Prompt templates (configs/prompts/<file>, or any path; string.Template `${name}` fields,
-  # checked on load). Point these at other files to reproduce a published prompt.
+  # Prompt templates: a file name shipped in atommem_jax/prompts/ ("step.txt"), or any path
+  # (string.Template `${name}` fields, checked on load; their contents are part of the resume
+  # fingerprint). Point these at other files to reproduce a published prompt.
   c.prompts = ml_collections.ConfigDict()
   c.prompts.system = "system.txt"  # AtomMem system message (the protocol)
   c.prompts.step = "step.txt"  # AtomMem reading turn
@@ -78,7 +79,11 @@ def base() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.max_new_tokens = 512
   c.sampling.max_answer_tokens = 64
-  c.sampling.max_prompt_tokens = 8192
+  # Longer prompts keep their head and tail and lose the middle (counted and warned about).
+  # max_prompt_tokens + max(max_new_tokens, max_answer_tokens) must fit the model's window
+  # (SmolLM2: 8,192 = 7,680 + 512), and a reading prompt must fit a whole section
+  # (env.chunk_size + 2 * env.overlap) plus its template: `validate` checks both.
+  c.sampling.max_prompt_tokens = 7680
   c.sampling.batch_size = 16  # episodes stepped together
   c.max_memory_chars = 1000  # longest entry / scratchpad shown in an AtomMem prompt
   c.viewer_episodes = 20  # episodes written to the HTML viewer

@@ -8,9 +8,11 @@ reading calls per episode (then it answers), 128 new tokens per call.
   python -m atommem_jax.eval --config=configs/default.py
 Scale up with overrides, e.g. `--config.max_examples=50 --config.data.num_docs=50,200`
 (or configs/eval_hotpotqa_smollm2.py for every method on 50 questions), or
-`--config.env.chunk_size=4000 --config.env.max_calls=41 --config.model.source=hf:/ckpt/AtomMem-8B`
-on an accelerator. The untrained 135M model mostly fails the protocol; these numbers are
-the starting point that SFT/GRPO must beat.
+`--config.env.chunk_size=4000 --config.env.max_calls=41 --config.sampling.max_prompt_tokens=8192
+--config.model.source=hf:/ckpt/AtomMem-8B` on an accelerator (a 4,000-token section needs a
+prompt budget above 4,096: `validate` refuses a budget that would cut every reading prompt).
+The untrained 135M model mostly fails the protocol; these numbers are the starting point
+that SFT/GRPO must beat.
 """
 from configs import common
 

@@ -13,6 +13,9 @@ sections (4 per document). CPU budget choices, each a config key: at most 8 read
 per episode (then it answers), 128 new tokens per reading call, prompts cut to 4,096
 tokens (head + tail; `full_context` and `rag` are the ones this cuts). Other datasets and
 lengths: `--config.data.dataset=hotpotqa,2wiki,musique --config.data.num_docs=50,200`.
+Questions come from the local sample ../shared/data/hotpotqa/hotpot.json unless
+`data.data_dir` holds the official dev file; results.json and summary.md say which, and
+that a local sample's numbers are not comparable with published ones.
 """
 from configs import common
 

@@ -64,12 +64,44 @@ def test_sub_em_both_directions():
   assert m.sub_em("Lyon", "Paris") == 0.0
 
 
+@pytest.mark.parametrize("pred,golds,expected", [
+    ("no", "Norway", 0.0),  # the cases bidirectional sub-EM gets wrong
+    ("Norway", "no", 0.0),
+    ("s", "Rush", 0.0),
+    ("Rush", "s", 0.0),
+    ("the band Rush", "Rush", 1.0),
+    ("Rush", "The Rush!", 1.0),  # articles and punctuation are normalised away
+    ("New York City", "New York", 1.0),  # contiguous tokens
+    ("New York", "New York City", 0.0),  # a prediction shorter than the gold
+    ("York New", "New York", 0.0),  # order matters
+    ("New big York", "New York", 0.0),  # contiguity matters
+    ("Rushmore", "Rush", 0.0),  # whole tokens only
+    ("It was Rush.", ["Genesis", "Rush"], 1.0),  # best over golds
+    ("", "Rush", 0.0),  # an empty side never matches a non-empty one
+    ("Rush", "...", 0.0),
+    ("", "", 1.0),
+    ("no, it was not", "no", 1.0),
+    ("yes or no", "no", 0.0),  # hedging between yes and no earns nothing
+    ("Yes.", ["yes"], 1.0),
+])
+def test_contains_match_known_cases(pred, golds, expected):
+  assert m.contains_match(pred, golds) == expected
+
+
+def test_contains_is_stricter_than_sub_em():
+  for pred, gold in (("no", "Norway"), ("s", "Rush"), ("Norway", "no")):
+    assert m.sub_em(pred, gold) == 1.0 and m.contains_match(pred, gold) == 0.0
+  with pytest.raises(ValueError, match="empty list"):
+    m.contains_match("x", [])
+
+
 def test_score_all_side_by_side():
   s = m.score_all("It is Paris", ["Paris"])
   assert s == {"exact_match": 0.0, "f1": pytest.approx(2 * (1 / 3) / (1 / 3 + 1)),
-               "sub_em": 1.0, "precision": pytest.approx(1 / 3), "recall": 1.0}
-  mean = m.mean_scores(["Paris", "x"], [["Paris"], ["y"]])
-  assert mean["exact_match"] == 0.5 and mean["sub_em"] == 0.5
+               "contains": 1.0, "sub_em": 1.0, "precision": pytest.approx(1 / 3), "recall": 1.0}
+  mean = m.mean_scores(["Paris", "x", "Parisian"], [["Paris"], ["y"], ["Paris"]])
+  assert mean["exact_match"] == pytest.approx(1 / 3) and mean["sub_em"] == pytest.approx(2 / 3)
+  assert mean["contains"] == pytest.approx(1 / 3)
   with pytest.raises(ValueError, match="2 predictions vs 1"):
     m.mean_scores(["a", "b"], [["a"]])
 
@@ -82,6 +114,12 @@ def test_score_all_side_by_side():
 ])
 def test_extract_boxed(text, expected):
   assert m.extract_boxed(text) == expected
+
+
+def test_extract_boxed_is_the_protocol_one():
+  from atommem_jax import protocol
+
+  assert m.extract_boxed is protocol.extract_boxed
 
 
 def test_extract_answer_falls_back_to_text():

@@ -1,18 +1,21 @@
 """Prompt templates for the memory agent, loaded from text files.
 
-Templates live in `configs/prompts/` so users can swap in other wording (e.g. a published
-prompt) without touching code. They use `string.Template` placeholders (`${name}`) rather
-than `str.format`, so literal braces such as `\\boxed{}` need no escaping. Every template is
-checked on load: an unknown or missing placeholder is an error naming the file.
+The shipped templates live in `atommem_jax/prompts/` (package data, so a non-editable
+install finds them); a config names one by file name ("step.txt") or points at any other file
+by path, so users can swap in other wording (e.g. a published prompt) without touching code.
+They use `string.Template` placeholders (`${name}`) rather than `str.format`, so literal
+braces such as `\\boxed{}` need no escaping. Every template is checked on load: an unknown or
+missing placeholder is an error naming the file.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import string
 from typing import Mapping
 
-PROMPTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs" / "prompts"
+PROMPTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "prompts"
 
 # Placeholders each template kind may use; all of `required` must appear.
 _SPEC: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -38,11 +41,19 @@ def _placeholders(template: string.Template) -> set[str]:
   return names
 
 
+def resolve_template(path: str | pathlib.Path) -> pathlib.Path:
+  """The file a config's template name means: a bare file name that PROMPTS_DIR ships is the
+  shipped template (a stray file of that name in the working directory never shadows it);
+  anything else is a path, relative to the working directory. It may not exist: callers check."""
+  raw = os.fspath(path)
+  if "/" not in raw and os.sep not in raw and (PROMPTS_DIR / raw).is_file():
+    return PROMPTS_DIR / raw
+  return pathlib.Path(raw)
+
+
 def load_template(path: str | pathlib.Path, kind: str) -> string.Template:
   """Reads and validates one template file of the given kind (see `_SPEC`)."""
-  path = pathlib.Path(path)
-  if not path.is_absolute() and not path.exists():
-    path = PROMPTS_DIR / path
+  path = resolve_template(path)
   if not path.is_file():
     raise FileNotFoundError(f"prompt template {kind!r} not found: {path}")
   if kind not in _SPEC:

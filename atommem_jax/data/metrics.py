@@ -1,4 +1,5 @@
-"""Answer metrics: exact match, token F1 (precision, recall) and sub-EM, best over aliases.
+"""Answer metrics: exact match, token F1 (precision, recall), strict containment and sub-EM,
+best over aliases.
 
 Normalisation and the yes/no/noanswer rule follow the official HotpotQA evaluation script
 (itself SQuAD v1.1's normaliser): lower case, strip punctuation, drop the articles a/an/the,
@@ -10,8 +11,18 @@ normalisation is EM 1 and F1 1 (SQuAD v2 convention; the HotpotQA script would g
 never sees empty golds). A gold list must not be empty (ValueError): scoring against nothing is
 a bug upstream, not a zero.
 
-`sub_em` is MemAgent's lenient "accuracy": the normalised gold is a substring of the normalised
-prediction or vice versa (an empty side never matches a non-empty one).
+`contains` (`contains_match`) is the strict containment metric: the normalised gold occurs in the
+normalised prediction as whole, contiguous tokens ("the band Rush" contains "Rush"; "Norway"
+does not contain "no", "Rush" does not contain "s"). A yes/no/noanswer gold must not share the
+prediction with another of those words ("yes or no" does not contain "no"), so hedging between
+the two answers of a comparison question earns nothing. It still rewards an answer padded with
+extra words, so a training reward built on it should keep a length or format term beside it.
+
+`sub_em` is MemAgent's lenient "accuracy", kept under its name so our tables compare with
+published ones: the normalised gold is a *character* substring of the normalised prediction or
+vice versa (an empty side never matches a non-empty one). It counts "no" vs "Norway" and "s" vs
+"Rush" as correct, so a policy can game it with short or long fragments: it must never be a
+training reward (use `exact_match`, `f1` or `contains`).
 """
 from __future__ import annotations
 
@@ -20,7 +31,7 @@ import re
 import string
 from typing import Sequence
 
-from atommem_jax.protocol import extract_boxed  # the one boxed extractor (parser and metrics)
+from atommem_jax.protocol import extract_boxed  # the one boxed extractor, re-exported here
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = frozenset(string.punctuation)
@@ -100,7 +111,10 @@ def recall_score(prediction: str, golds: str | Sequence[str]) -> float:
 
 
 def sub_em(prediction: str, golds: str | Sequence[str]) -> float:
-  """1.0 if a normalised gold is in the normalised prediction or vice versa (MemAgent's acc)."""
+  """1.0 if a normalised gold is in the normalised prediction or vice versa (MemAgent's acc).
+
+  Character substrings, so "no" vs "Norway" counts: for comparison with published tables
+  only, never a training reward (see the module docstring)."""
   pred = normalize_answer(_check_pred(prediction))
   for g in _golds(golds):
     gold = normalize_answer(g)
@@ -109,11 +123,34 @@ def sub_em(prediction: str, golds: str | Sequence[str]) -> float:
   return 0.0
 
 
+def _contains_single(pred_toks: list[str], gold_toks: list[str]) -> bool:
+  """Whether `gold_toks` occurs in `pred_toks` as a contiguous run (both normalised)."""
+  if not gold_toks or not pred_toks:
+    return pred_toks == gold_toks
+  if len(gold_toks) == 1 and gold_toks[0] in _SPECIAL:
+    # A yes/no answer hedged with the other one ("yes or no") is no answer.
+    return gold_toks[0] in pred_toks and not (set(pred_toks) & set(_SPECIAL)) - {gold_toks[0]}
+  n = len(gold_toks)
+  return any(pred_toks[i:i + n] == gold_toks for i in range(len(pred_toks) - n + 1))
+
+
+def contains_match(prediction: str, golds: str | Sequence[str]) -> float:
+  """1.0 if a normalised gold occurs in the normalised prediction on token boundaries.
+
+  Strict containment: whole normalised tokens, contiguous, best over golds; an empty side never
+  matches a non-empty one. Unlike `sub_em`, "no" is not in "Norway" and "s" is not in "Rush".
+  """
+  pred = normalize_answer(_check_pred(prediction)).split()
+  return float(any(_contains_single(pred, normalize_answer(g).split()) for g in _golds(golds)))
+
+
 def score_all(prediction: str, golds: str | Sequence[str]) -> dict[str, float]:
-  """EM, F1, sub-EM, precision and recall side by side (never an LLM judge)."""
+  """EM, F1, strict containment, sub-EM, precision and recall side by side (never an LLM
+  judge)."""
   p, r, f1 = precision_recall_f1(prediction, golds)
   return {"exact_match": exact_match(prediction, golds), "f1": f1,
-          "sub_em": sub_em(prediction, golds), "precision": p, "recall": r}
+          "contains": contains_match(prediction, golds), "sub_em": sub_em(prediction, golds),
+          "precision": p, "recall": r}
 
 
 def mean_scores(predictions: Sequence[str], golds: Sequence[str | Sequence[str]]

@@ -11,6 +11,10 @@ Formats (the datasets' originals; a JSON list or JSON Lines, detected from the c
 
 A paragraph's text is `"".join(sentences)` (as MemAgent/RULER render HotpotQA). Every error
 names the file, the record and the field.
+
+`find_dev_file` locates a dataset's dev file in a data directory: the official file name
+first, then the small local samples of `../shared/data` (whose numbers are not comparable
+with published ones; `is_official_dev_file` tells them apart).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
 from typing import Any, Iterator, Literal, Sequence
 
 PathLike = str | os.PathLike
@@ -195,6 +200,31 @@ def _as_list(path: str, data: Any) -> list[Any]:
   if not isinstance(data, list):
     raise RawDataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
   return data
+
+
+# Dev files per dataset inside a data directory: the official file name first, then the
+# local sample of ../shared/data (see its README.md).
+DEV_FILES: dict[str, tuple[str, ...]] = {
+    "hotpotqa": ("hotpot_dev_distractor_v1.json", "hotpotqa/hotpot.json"),
+    "2wiki": ("dev.json", "2wikimultihopqa/wikihop.json"),
+    "musique": ("musique_ans_v1.0_dev.jsonl", "musique/musique.json"),
+}
+
+
+def find_dev_file(dataset: str, data_dir: PathLike) -> pathlib.Path:
+  """The first of `DEV_FILES[dataset]` present in `data_dir` (FileNotFoundError naming all)."""
+  if dataset not in DEV_FILES:
+    raise ValueError(f"dataset must be one of {sorted(DEV_FILES)}, got {dataset!r}")
+  data_dir = pathlib.Path(data_dir)
+  for name in DEV_FILES[dataset]:
+    if (data_dir / name).is_file():
+      return data_dir / name
+  raise FileNotFoundError(f"no {dataset} dev file in {data_dir}; looked for {DEV_FILES[dataset]}")
+
+
+def is_official_dev_file(dataset: str, path: PathLike) -> bool:
+  """Whether `path` carries the dataset's official dev file name (not a local sample)."""
+  return pathlib.Path(path).name == DEV_FILES[dataset][0]
 
 
 READERS = {"hotpotqa": read_hotpotqa, "2wiki": read_2wiki, "musique": read_musique}

@@ -22,13 +22,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from atommem_jax.eval import config as cfg_lib
-  from atommem_jax.eval import runner
 
   c = _CONFIG.value
   if c is None:
     raise app.UsageError("--config=configs/<name>.py is required")
   try:
-    cfg_lib.validate(c)  # fail before any compute
+    cfg_lib.validate(c)  # fails in seconds, before the runner (and JAX) is even imported
+    from atommem_jax.eval import runner
+
     runner.evaluate(c)  # raises ResumeMismatch (a ConfigError) before any compute too
   except cfg_lib.ConfigError as e:
     raise app.UsageError(f"bad config: {e}") from None

@@ -1,17 +1,32 @@
 """Evaluation reports: aggregate trajectories into scores, op statistics, tables and plots.
 
-`results.json` layout (read by scripts; stable):
-  {"<method>": {"exact_match": float, "f1": float, "sub_em": float, "n": int,
+`results.json` layout (read by scripts; stable; top-level keys are the methods):
+  {"<method>": {"exact_match": float, "f1": float, "contains": float, "sub_em": float,
+                "n": int, "untagged_answer_rate": float,
                 "ops": {"per_step": {op: mean count per model call}, "totals": {...},
                         "parse_error_rate": float, "by_position": {op: [mean at step t]},
                         "errors_by_position": [share of calls with a parse error at step t],
                         "unread_sections": mean sections left unread per episode},
-                "by_length": {"<length>": {"exact_match", "f1", "sub_em", "n",
-                                           "ops_per_step": {...}, "parse_error_rate"}},
-                "by_dataset": {"<dataset>": {"exact_match", "f1", "sub_em", "n",
-                                             "by_length": {...}}}},
+                "by_length": {"<length>": {"exact_match", "f1", "contains", "sub_em", "n",
+                                           "untagged_answer_rate", "ops_per_step": {...},
+                                           "parse_error_rate"}},
+                "by_dataset": {"<dataset>": {"exact_match", "f1", "contains", "sub_em", "n",
+                                             "untagged_answer_rate", "by_length": {...},
+                                             "provenance": {...}}},
+                # added by the runner for LLM methods (prompt statistics):
+                "truncated_prompts": int, "model_calls": int, "longest_prompt_tokens": int, ...},
    ...}
 `by_length` pools datasets; `by_dataset` is present when runs are keyed by (dataset, length).
+Metrics (atommem_jax/data/metrics.py): `contains` is strict containment on token boundaries;
+`sub_em` is MemAgent's bidirectional substring match, kept for comparison with published
+tables but lenient ("no" vs "Norway" counts). A metric no trajectory carries is null.
+`untagged_answer_rate` = questions answered by a reply without a `<final_answer>` tag (its
+free text taken as the answer) / questions answered.
+`provenance` (per dataset, gathered by the runner): `dev_file`, `official_dev_file`,
+`records`, `questions_used`, `distractor_corpus` (distinct paragraphs the distractors are
+drawn from), `comparable_with_published`, and a `note` when not comparable.
+
+This module is pure apart from the file writers at the end: it never reads data or config.
 """
 from __future__ import annotations
 
@@ -23,19 +38,39 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from atommem_jax.agent.trajectory import Trajectory
+from atommem_jax.protocol import OP_KINDS
 
-METRICS = ("exact_match", "f1", "sub_em")
-OP_KINDS = ("create", "read", "update", "delete", "scratchpad")
+METRICS = ("exact_match", "f1", "contains", "sub_em")
+_LABELS = {"exact_match": "EM", "f1": "F1", "contains": "contains", "sub_em": "sub-EM"}
+
+
+def _untagged_rate(trajs: Sequence[Trajectory]) -> float:
+  """Questions answered by an untagged reply / questions answered (0 when none answered)."""
+  answered = sum(a is not None for t in trajs for a in t.answers)
+  untagged = sum(t.op_counts.get("untagged_answers", 0) for t in trajs)
+  return untagged / answered if answered else 0.0
 
 
 def _score_block(trajs: Sequence[Trajectory]) -> dict:
-  """Question-weighted mean scores (a context with 3 questions counts 3 times)."""
-  out = {}
+  """Question-weighted mean scores (a context with 3 questions counts 3 times).
+
+  A metric that no trajectory carries (records written before it existed) is None; one that
+  only some carry is an error, since its mean would silently cover part of the questions.
+  """
+  out: dict = {}
   n = sum(len(t.questions) for t in trajs)
   for m in METRICS:
-    vals = [t.scores[m] * len(t.questions) for t in trajs if m in t.scores]
-    out[m] = float(sum(vals) / n) if vals and n else 0.0
+    have = [t for t in trajs if m in t.scores]
+    if have and len(have) < len(trajs):
+      missing = next(t.episode_id for t in trajs if m not in t.scores)
+      raise ValueError(f"metric {m!r}: {len(trajs) - len(have)} of {len(trajs)} trajectories "
+                       f"lack it (e.g. {missing!r}); rescore them or rerun without resume")
+    if trajs and not have:
+      out[m] = None
+    else:
+      out[m] = float(sum(t.scores[m] * len(t.questions) for t in have) / n) if n else 0.0
   out["n"] = int(n)
+  out["untagged_answer_rate"] = round(_untagged_rate(trajs), 4)
   return out
 
 
@@ -89,8 +124,12 @@ def _group(by_key: dict, index: int) -> dict[str, list[Trajectory]]:
   return out
 
 
-def aggregate(runs: dict[str, dict]) -> dict:
-  """runs[method][length] or runs[method][(dataset, length)] -> trajectories => results.json."""
+def aggregate(runs: dict[str, dict], provenance: dict[str, dict] | None = None) -> dict:
+  """runs[method][length] or runs[method][(dataset, length)] -> trajectories => results.json.
+
+  provenance: per dataset, where its episodes came from (see the module docstring); copied
+  into each method's `by_dataset[<dataset>]["provenance"]`.
+  """
   results = {}
   for method, cells in runs.items():
     keyed = {(k if isinstance(k, tuple) else (None, k)): ts for k, ts in cells.items()}
@@ -99,12 +138,18 @@ def aggregate(runs: dict[str, dict]) -> dict:
     block["ops"] = op_statistics(all_t)
     block["by_length"] = {k: _cell(v) for k, v in _group(keyed, 1).items()}
     datasets = sorted({d for d, _ in keyed if d is not None})
+    if provenance is not None and not datasets:
+      raise ValueError("provenance is per dataset, but the runs are keyed by length alone")
     if datasets:
       block["by_dataset"] = {}
       for d in datasets:
         mine = {k: v for k, v in keyed.items() if k[0] == d}
         sub = _score_block([t for ts in mine.values() for t in ts])
         sub["by_length"] = {k: _cell(v) for k, v in _group(mine, 1).items()}
+        if provenance is not None:
+          if d not in provenance:
+            raise ValueError(f"provenance: no entry for dataset {d!r} (has {sorted(provenance)})")
+          sub["provenance"] = provenance[d]
         block["by_dataset"][d] = sub
     results[method] = block
   return results
@@ -116,18 +161,75 @@ def _per_dataset(r: dict, unnamed: str) -> dict:
   return r.get("by_dataset") or {unnamed: {"by_length": r["by_length"]}}
 
 
+def _fmt(v: float | None) -> str:
+  return "-" if v is None else f"{v:.3f}"
+
+
 def summary_table(results: dict) -> str:
-  """A markdown table: method x dataset x length, EM / F1 / sub-EM side by side."""
-  lines = ["| method | dataset | length | n | EM | F1 | sub-EM | ops/step (C R U D S) | parse err |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  """A markdown table: method x dataset x length, EM / F1 / contains / sub-EM side by side."""
+  head = " | ".join(_LABELS[m] for m in METRICS)
+  lines = [f"| method | dataset | length | n | {head} | untagged | ops/step (C R U D S) "
+           "| parse err |",
+           "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|---|"]
   for method, r in results.items():
     for ds, d in _per_dataset(r, "-").items():
       for length, b in d["by_length"].items():
         opstr = " ".join(f"{b['ops_per_step'][k]:.2f}" for k in OP_KINDS)
-        err = b["parse_error_rate"]
-        lines.append(f"| {method} | {ds} | {length} | {b['n']} | {b['exact_match']:.3f} | "
-                     f"{b['f1']:.3f} | {b['sub_em']:.3f} | {opstr} | {err:.2f} |")
+        scores = " | ".join(_fmt(b[m]) for m in METRICS)
+        lines.append(f"| {method} | {ds} | {length} | {b['n']} | {scores} | "
+                     f"{b['untagged_answer_rate']:.2f} | {opstr} | {b['parse_error_rate']:.2f} |")
   return "\n".join(lines)
+
+
+def provenance_of(results: dict) -> dict[str, dict]:
+  """The per-dataset provenance recorded in results (the same under every method)."""
+  out: dict[str, dict] = {}
+  for r in results.values():
+    for ds, d in r.get("by_dataset", {}).items():
+      if "provenance" in d:
+        out.setdefault(ds, d["provenance"])
+  return out
+
+
+def provenance_lines(provenance: dict[str, dict]) -> list[str]:
+  """Markdown bullets: where each dataset's questions and distractors came from."""
+  lines = []
+  for ds, p in provenance.items():
+    if "dev_file" not in p:
+      lines.append(f"- {ds}: {p.get('note', p.get('source', '?'))}")
+      continue
+    kind = "official dev file" if p["official_dev_file"] else "local sample"
+    lines.append(f"- {ds}: `{p['dev_file']}` ({kind}, {p['records']:,} records), "
+                 f"{p['questions_used']:,} questions used, distractors drawn from "
+                 f"{p['distractor_corpus']:,} distinct paragraphs.")
+    if not p["comparable_with_published"]:
+      lines.append(f"  **Not comparable with published numbers**: {p['note']}.")
+  return lines
+
+
+def summary_markdown(results: dict) -> str:
+  """summary.md: the score table, the metrics' meaning, prompt cuts and data provenance."""
+  parts = [summary_table(results), "",
+           "Metrics: EM and F1 (official HotpotQA normalisation); contains = the normalised "
+           "gold occurs in the normalised answer as whole tokens; sub-EM = MemAgent's "
+           "bidirectional substring match (lenient: \"no\" vs \"Norway\" counts; for "
+           "comparison with published tables only). untagged = share of answered questions "
+           "whose reply had no <final_answer> tag (its free text was taken as the answer)."]
+  prompt_lines = []
+  for method, r in results.items():
+    if "model_calls" not in r:
+      continue
+    cut = r.get("truncated_prompts", 0)
+    line = (f"- {method}: {cut} of {r['model_calls']} prompts were longer than "
+            f"sampling.max_prompt_tokens and lost their middle; longest prompt "
+            f"{r.get('longest_prompt_tokens', 0)} tokens")
+    prompt_lines.append(line + (" **(cut)**" if cut else ""))
+  if prompt_lines:
+    parts += ["", "## Prompts", *prompt_lines]
+  prov = provenance_of(results)
+  if prov:
+    parts += ["", "## Data", *provenance_lines(prov)]
+  return "\n".join(parts) + "\n"
 
 
 def plot_scores(results: dict, path: pathlib.Path, x_label: str = "context length (documents)"):
@@ -146,18 +248,21 @@ def plot_scores(results: dict, path: pathlib.Path, x_label: str = "context lengt
       for label, by_len in series.items():
         xs = sorted(by_len, key=order)
         numeric = all(order(x)[0] == 0 for x in xs)  # lengths: a log-spaced numeric axis
+        if any(by_len[x][m] is None for x in xs):
+          continue  # a metric these trajectories do not carry
         ax.plot([float(x) for x in xs] if numeric else xs, [by_len[x][m] for x in xs],
                 marker="o", label=label)
         if numeric and len(xs) > 1:
           ax.set_xscale("log")
           ax.set_xticks([float(x) for x in xs], xs)  # label the measured lengths themselves
           ax.minorticks_off()
-    ax.set_title(m)
+    ax.set_title(_LABELS[m])
     ax.set_xlabel(x_label)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("score")
-  axes[0][-1].legend(fontsize=8)
+  if axes[0][-1].get_legend_handles_labels()[0]:
+    axes[0][-1].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -204,7 +309,7 @@ def write_reports(results: dict, out_dir: pathlib.Path, x_label: str = "context 
   paths = {"results": out_dir / "results.json", "summary": out_dir / "summary.md",
            "scores_png": out_dir / "scores.png", "ops_png": out_dir / "ops.png"}
   paths["results"].write_text(json.dumps(results, indent=2))
-  paths["summary"].write_text(summary_table(results) + "\n")
+  paths["summary"].write_text(summary_markdown(results))
   plot_scores(results, paths["scores_png"], x_label)
   plot_ops(results, paths["ops_png"])
   paths["tensorboard"] = write_tensorboard(results, out_dir / "tb")
@@ -226,7 +331,10 @@ def write_tensorboard(results: dict, log_dir: pathlib.Path) -> pathlib.Path:
           if not length.isdigit():
             continue
           for m in METRICS:
-            w.add_scalar(f"{method}/{ds}/{m}", b[m], int(length))
+            if b[m] is not None:
+              w.add_scalar(f"{method}/{ds}/{m}", b[m], int(length))
+          w.add_scalar(f"{method}/{ds}/untagged_answer_rate", b["untagged_answer_rate"],
+                       int(length))
       for k, v in r["ops"]["per_step"].items():
         w.add_scalar(f"{method}/ops_per_step/{k}", v, 0)
   return log_dir

@@ -78,7 +78,8 @@ def build_embedder(c: ml_collections.ConfigDict, model: Model | None
   elif c.embedder == "minilm":
     e = emb_lib.MiniLMEmbedder()
   else:
-    e = emb_lib.PolicyEmbedder(model.config, model.params, model.tokenizer)
+    e = emb_lib.PolicyEmbedder(model.config, model.tokenizer)
+    return functools.partial(e.embed, params=model.params), e.dim
   return e.embed, e.dim
 
 
@@ -92,7 +93,7 @@ def make_policy(method: str, model: Model | None, c: ml_collections.ConfigDict, 
                                 top_p=s.top_p if s.top_p < 1 else None,
                                 max_new_tokens=s.max_new_tokens, max_answer_tokens=s.max_answer_tokens,
                                 max_prompt_tokens=s.max_prompt_tokens)
-  lm = pol.LMClient(model.config, model.params, model.tokenizer, sampling, seed=seed)
+  lm = pol.LMClient(model.config, model.tokenizer, sampling, seed=seed)
   p = c.prompts
   if method == "atommem":
     prompts = PromptSet.load(system=p.system, step=p.step, final=p.final)
@@ -152,6 +153,7 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   runs: dict[str, dict[tuple[str, str], list[Trajectory]]] = {}
   timings: dict[str, float] = {}
   prompt_stats: dict[str, dict[str, int]] = {}
+  provenance = {d: episodes_lib.provenance(c, d) for d in cfg_lib.datasets(c)}  # for the reports
   for dataset in cfg_lib.datasets(c):
     for length in cfg_lib.lengths(c):
       eps = episodes_lib.load(c, length, tokenizer, dataset=dataset)
@@ -177,13 +179,14 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
           batch = todo[k:k + bs]
           if method == "full_context":
             new = pol.full_context(policy, batch, metrics.score_all,
-                                   answer_template=c.prompts.answer)
+                                   answer_template=c.prompts.answer, params=model.params)
           else:
             eng = RolloutEngine(rollout_config(c, method, dim), tokenizer,
                                 embed_fn, metrics.score_all)
             new = eng.run(batch, policy, group_size=c.group_size,
+                          params=model.params if model else None,
                           progress=lambda step, active: bar.set_postfix(
-                              call=step, running=active, refresh=True))
+                              call=step, running=active, refresh=True)).trajectories
           store.append(method, dataset, str(length), new)
           trajs += new
           bar.update(len(batch))
@@ -209,16 +212,21 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
                        ("generated_tokens", lm.generated_tokens),
                        ("generate_seconds", lm.generate_seconds)):
             st[k] += v
+          if lm.truncated_prompts:  # the policy (and its client) is this cell's own
+            echo(f"[warning] {method}: {lm.truncated_prompts} of {lm.prompts_encoded} prompts "
+                 "were longer than sampling.max_prompt_tokens and lost their middle")
         runs.setdefault(method, {})[(dataset, str(length))] = trajs
         if c.get("verbose", False):
           for t in trajs[:3]:
             _print_steps(t, echo)
         sc = report._score_block(trajs)
         echo(f"[{cell}] EM={sc['exact_match']:.3f} F1={sc['f1']:.3f} "
-             f"sub-EM={sc['sub_em']:.3f} n={sc['n']} ({timings[cell]:.1f}s)")
+             f"contains={sc['contains']:.3f} sub-EM={sc['sub_em']:.3f} n={sc['n']} "
+             f"({timings[cell]:.1f}s)")
         # Completed cells survive an interrupted run: results so far, rewritten per cell.
-        (out / "results.partial.json").write_text(json.dumps(report.aggregate(runs), indent=2))
-  results = report.aggregate(runs)
+        (out / "results.partial.json").write_text(
+            json.dumps(report.aggregate(runs, provenance), indent=2))
+  results = report.aggregate(runs, provenance)
   for method in results:
     results[method]["seconds"] = sum(v for k, v in timings.items() if k.startswith(method + "@"))
     results[method].update(prompt_stats.get(method, {}))
@@ -229,7 +237,7 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   jsonl = write_jsonl(out / "trajectories.jsonl", all_trajs)
   html = out / "trajectories.html"
   html.write_text(viewer.render_html(all_trajs[: c.viewer_episodes], title=f"atommem-jax · {out.name}"))
-  echo("\n" + report.summary_table(results))
+  echo("\n" + report.summary_markdown(results))
   for method, st in prompt_stats.items():
     if not st["model_calls"]:
       echo(f"[prompts] {method}: longest {st['longest_prompt_tokens']} tokens (stored "

@@ -30,7 +30,7 @@ Public API (the model contract):
   decode_weights(config, params) -> DecodeWeights for apply(..., layers=) in decode loops
   forward(config, params, input_ids) -> logits
   hidden_states(config, params, tokens, positions, cache=None, attn_mask=None, *, prefill=False,
-                shared_prefix=0) -> (hidden, cache)
+                shared_prefix=0, segment_ids=None) -> (hidden, cache)
   unembed(config, params, hidden) -> logits
   param_logical_axes(config) -> [(path, axes, shape)]
 """
@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from atommem_jax.models import partitioning
 from atommem_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -101,7 +102,10 @@ def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str, ...],
   """A parameter with logical axis names; init is 'normal' (std 0.02), 'ones' or 'zeros'."""
   assert len(shape) == len(axes), (shape, axes)
   if init == "normal":
-    value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+    # The barrier stops XLA folding the scale into the sampler's constants under jit, so a
+    # jitted or sharded init (training.sharding.sharded_init) equals this eager one bit for bit.
+    value = 0.02 * jax.lax.optimization_barrier(jax.random.normal(rngs.params(), shape,
+                                                                  jnp.float32))
   elif init == "ones":
     value = jnp.ones(shape, jnp.float32)
   else:
@@ -202,6 +206,40 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+@flax.struct.dataclass
+class SegmentMask:
+  """The `[B, T, S]` attention mask of packed rows, kept factored so that no array larger
+  than one query block's `[B, blk, S]` slice ever exists: query i may attend to key j iff
+  both lie in the same segment (equal, non-zero ids) and `j <= i + offset`.
+
+  `_attention_heads` slices it like a dense mask (`mask[:, q0:q1, k0:k1]`) and densifies
+  only the block it works on; a padding query (id 0) sees nothing (its output is unused).
+  """
+
+  q_segments: Array  # [B, T] int32 segment id of each query, 0 = padding
+  k_segments: Array  # [B, S] int32 segment id of each key
+  offset: int = flax.struct.field(pytree_node=False, default=0)  # key index of query 0
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return (*self.q_segments.shape, self.k_segments.shape[-1])
+
+  def __getitem__(self, index: tuple[slice, slice, slice]) -> "SegmentMask":
+    rows, qs, ks = index
+    if any(s.step not in (None, 1) for s in index):
+      raise ValueError(f"SegmentMask supports unit-step slices only, got {index}")
+    q0, k0 = qs.indices(self.shape[1])[0], ks.indices(self.shape[2])[0]
+    return SegmentMask(self.q_segments[rows, qs], self.k_segments[rows, ks],
+                       offset=self.offset + q0 - k0)
+
+  def dense(self) -> Array:
+    """The bool mask `[B, T, S]` (call it on a block, not on a whole long row)."""
+    t, s = self.shape[1:]
+    causal = jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] + self.offset  # [T, S]
+    q, k = self.q_segments[:, :, None], self.k_segments[:, None, :]
+    return (q == k) & (q != 0) & causal[None]
+
+
 def gqa_attention(q: Array, k: Array, v: Array, mask: Array, causal_block: int = 0) -> Array:
   """Grouped-query attention without repeating K/V.
 
@@ -244,6 +282,8 @@ def _attention_heads(q: Array, k: Array, v: Array, mask: Array, causal_block: in
   spec = "bkmd,bkds->bkms" if keys_transposed else "bkmd,bksd->bkms"
   scores = jnp.einsum(spec, qm, k, preferred_element_type=jnp.float32) * (dh ** -0.5)
   scores = scores.reshape(b, hkv, g, t, s)  # [B, Hkv, G, T, S]
+  if isinstance(mask, SegmentMask):
+    mask = mask.dense()  # [B, T, S] for this query block only
   scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, hkv, g * t, s)
   out = jnp.einsum("bkms,bksd->bkmd", probs, v)  # [B, Hkv, G*T, Dh]
@@ -279,8 +319,8 @@ def _prefill_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
   rows = _attention_rows_per_pass(b, h, t, k.shape[2])
   if rows >= b:
     return _attention_heads(q, k, v, mask, PREFILL_QUERY_BLOCK)
-  one_row = lambda xs: _attention_heads(  # noqa: E731
-      *(a[None] for a in xs), PREFILL_QUERY_BLOCK)[0]
+  one_row = lambda xs: _attention_heads(  # noqa: E731  (mask may be a SegmentMask pytree)
+      *jax.tree.map(lambda a: a[None], xs), PREFILL_QUERY_BLOCK)[0]
   return jax.lax.map(one_row, (q, k, v, mask), batch_size=rows)
 
 
@@ -378,7 +418,8 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
              lm_head: Array | None, tokens: Array, positions: Array, cache: Cache | None,
              attn_mask: Array | None, return_hidden: bool = False, remat: bool = False,
              prefill: bool = False, layers: DecodeWeights | None = None,
-             shared_prefix: int = 0) -> tuple[Array, Cache | None]:
+             shared_prefix: int = 0, segment_ids: Array | None = None
+             ) -> tuple[Array, Cache | None]:
   """The pure forward pass over raw arrays (what `Transformer.__call__` and `apply` run).
 
   Two layer loops, one numerics:
@@ -397,6 +438,9 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
   of one question) prefills that head once instead of B times.
   return_hidden: return the final-norm hidden states `[B, T, D]` (compute dtype) instead of
   the logits (for embedders, and for chunked log-prob computation over large vocabularies).
+  segment_ids (no cache only): int `[B, T]` ids of packed segments (1.. inside a row, 0 =
+  padding); a token attends causally within its own segment. The mask stays factored
+  (`SegmentMask`): only one query block's slice is ever formed, never a `[B, T, T]` array.
   """
   c = config
   dtype = c.jnp_dtype
@@ -404,7 +448,14 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
     raise ValueError(f"tokens and positions must both be [B, T]; got {tokens.shape} and "
                      f"{positions.shape}")
   b, t = tokens.shape
-  if cache is None:
+  if segment_ids is not None:
+    if cache is not None or attn_mask is not None:
+      raise ValueError("segment_ids is for the no-cache forward and replaces attn_mask; got "
+                       f"cache={cache is not None}, attn_mask={attn_mask is not None}")
+    if segment_ids.shape != (b, t):
+      raise ValueError(f"segment_ids must be [B, T] = {(b, t)}, got {segment_ids.shape}")
+    mask = SegmentMask(segment_ids, segment_ids)
+  elif cache is None:
     mask = jnp.tril(jnp.ones((t, t), bool))[None]  # [1, T, T]
     if attn_mask is not None:
       if attn_mask.shape != (b, t, t):
@@ -431,7 +482,10 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
   if shared_prefix and not prefill:
     raise ValueError("shared_prefix needs prefill=True")
 
-  x = embed[tokens].astype(dtype)  # [B, T, D]
+  # Under sharding rules: gather from a table split by vocabulary only (FSDP's split of its
+  # embed dim would clash with the rows' split over fsdp), then split the rows. No-ops otherwise.
+  x = partitioning.constrain(embed, ("vocab", None))[tokens].astype(dtype)  # [B, T, D]
+  x = partitioning.constrain(x, partitioning.ACT_BTD)
   if cache is not None and not prefill:
     per_layer = unstack_layers(lp) if layers is None else layers.layers
     if layers is not None:
@@ -465,7 +519,8 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
         keys = jnp.concatenate([jnp.broadcast_to(xs[1].astype(dtype), shape), k], axis=2)
         values = jnp.concatenate([jnp.broadcast_to(xs[2].astype(dtype), shape), v], axis=2)
       attn = _prefill_attention(q, keys, values, mask)  # [B, T, H, Dh]
-      return _attn_out_and_mlp(c, w, x, attn), ((k, v) if prefill else None)
+      x = partitioning.constrain(_attn_out_and_mlp(c, w, x, attn), partitioning.ACT_BTD)
+      return x, ((k, v) if prefill else None)
 
     if remat:  # keep only each layer's input; recompute the rest when differentiating
       layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
@@ -489,7 +544,7 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
     logits = jnp.einsum("btd,vd->btv", x, embed.astype(dtype), preferred_element_type=jnp.float32)
   else:
     logits = jnp.einsum("btd,dv->btv", x, lm_head.astype(dtype), preferred_element_type=jnp.float32)
-  return logits.astype(jnp.float32), new_cache
+  return partitioning.constrain(logits.astype(jnp.float32), partitioning.ACT_BTV), new_cache
 
 
 # ----------------------------------------------------------------------------- functional API
@@ -535,15 +590,16 @@ def decode_weights(config: ModelConfig, params: nnx.State) -> DecodeWeights:
 
 def hidden_states(config: ModelConfig, params: nnx.State, tokens: Array, positions: Array,
                   cache: Cache | None = None, attn_mask: Array | None = None, *,
-                  remat: bool = False, prefill: bool = False, shared_prefix: int = 0
-                  ) -> tuple[Array, Cache | None]:
+                  remat: bool = False, prefill: bool = False, shared_prefix: int = 0,
+                  segment_ids: Array | None = None) -> tuple[Array, Cache | None]:
   """As `apply`, but returns the final-norm hidden states `[B, T, D]` instead of logits.
 
-  shared_prefix: see `_forward` (a prefill after a prefix common to all rows)."""
+  shared_prefix: see `_forward` (a prefill after a prefix common to all rows).
+  segment_ids: `[B, T]` packed-segment ids for the no-cache forward (see `_forward`)."""
   model = nnx.merge(_graphdef(config), params)
   return _forward(config, model.embed[...], model.stacked_layer_params(), model.final_norm[...],
                   None, tokens, positions, cache, attn_mask, return_hidden=True, remat=remat,
-                  prefill=prefill, shared_prefix=shared_prefix)
+                  prefill=prefill, shared_prefix=shared_prefix, segment_ids=segment_ids)
 
 
 def unembed(config: ModelConfig, params: nnx.State, hidden: Array) -> Array:

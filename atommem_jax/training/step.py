@@ -1,0 +1,212 @@
+"""The train step: one `jax.jit` over a Mesh, the same function for SFT and GRPO losses.
+
+`TrainState` holds float32 master weights, the optax state and the step counter. A step
+takes a batch of packed rows (`[B, T]` arrays, see `training/packing.py`), splits it into
+`micro_batches` slices scanned one after another (gradient accumulation without keeping
+more than one slice's activations), scores every token with the differentiable forward
+(`models/scoring.token_logprobs`), applies the loss registered under `loss.kind`
+(`training/losses.py`) with the whole batch's denominator (so accumulated gradients equal the
+whole-batch gradient), and updates once. Compute runs in the model config's dtype
+(bfloat16 by config) while the master weights stay float32.
+
+The jitted step is built with `in_shardings` / `out_shardings` (today's pjit) and donates the
+state; each distinct batch shape compiles once, and `TrainStep.compiles` counts the traces
+so a loop can log (and tests can assert) that steps do not recompile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from atommem_jax.models import partitioning, scoring
+from atommem_jax.models.config import ModelConfig
+from atommem_jax.training import losses
+
+Batch = Mapping[str, jax.Array]
+SFT_FIELDS = ("tokens", "positions", "segment_ids", "loss_mask")
+GRPO_FIELDS = SFT_FIELDS + ("old_logprobs", "advantages")  # + "ref_logprobs" with a KL term
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 [], optimizer steps taken
+  params: Any  # nnx.State, float32 master weights
+  opt_state: Any  # optax state
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with linear warmup then cosine decay, global-norm clipping."""
+
+  learning_rate: float = 1e-5
+  warmup_steps: int = 0
+  decay_steps: int = 1000  # total steps of the schedule (warmup included)
+  end_lr_ratio: float = 0.1  # final lr = end_lr_ratio * learning_rate
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  clip_norm: float = 1.0  # 0 = no clipping
+
+  def __post_init__(self):
+    if not self.learning_rate > 0:
+      raise ValueError(f"optim.learning_rate must be > 0, got {self.learning_rate}")
+    if self.warmup_steps < 0 or self.decay_steps <= 0 or self.warmup_steps > self.decay_steps:
+      raise ValueError(f"optim: need 0 <= warmup_steps <= decay_steps and decay_steps > 0, got "
+                       f"{self.warmup_steps}, {self.decay_steps}")
+    if not 0 <= self.end_lr_ratio <= 1 or self.clip_norm < 0 or self.weight_decay < 0:
+      raise ValueError("optim: end_lr_ratio must be in [0, 1], clip_norm and weight_decay >= 0")
+
+
+def schedule(cfg: OptimConfig) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if cfg.warmup_steps else cfg.learning_rate, peak_value=cfg.learning_rate,
+      warmup_steps=cfg.warmup_steps, decay_steps=cfg.decay_steps,
+      end_value=cfg.learning_rate * cfg.end_lr_ratio)
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+  adam = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                     weight_decay=cfg.weight_decay)
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adam) if cfg.clip_norm else adam
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Which registered loss, and its settings (static under jit)."""
+
+  kind: str = "sft"  # "sft" or a policy loss registered in losses.py ("grpo")
+  aggregation: str = "token-mean"
+  max_segments: int = 64  # segments per packed row (static bound for per-segment sums)
+  clip_low: float = 0.2
+  clip_high: float = 0.28
+  kl_coef: float = 0.001  # 0 = no reference policy term
+  chunk_size: int = scoring.DEFAULT_CHUNK_SIZE  # sequence positions per output-head chunk
+  remat: bool = True
+
+  def __post_init__(self):
+    if self.kind != "sft":
+      losses.get_policy_loss(self.kind)  # raises naming the known losses
+    losses.get_aggregation(self.aggregation)
+    if self.max_segments <= 0:
+      raise ValueError(f"loss.max_segments must be positive, got {self.max_segments}")
+
+  @property
+  def fields(self) -> tuple[str, ...]:
+    if self.kind == "sft":
+      return SFT_FIELDS
+    return GRPO_FIELDS + (("ref_logprobs",) if self.kl_coef else ())
+
+
+def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state around float32 master weights."""
+  params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def loss_fn(params: Any, batch: Batch, *, model_config: ModelConfig, loss: LossConfig,
+            denominator: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The registered loss of one (micro-)batch; entropy and token counts as metrics."""
+  logprobs, entropy = scoring.token_logprobs(
+      model_config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
+      remat=loss.remat, chunk_size=loss.chunk_size, return_entropy=True)  # [B, T] each
+  mask = batch["loss_mask"].astype(jnp.float32) * scoring.scored_mask(batch["segment_ids"])
+  agg = dict(aggregation=loss.aggregation, max_segments=loss.max_segments, denominator=denominator)
+  if loss.kind == "sft":
+    value, metrics = losses.sft_loss(logprobs, mask, batch["segment_ids"], **agg)
+  else:
+    ref = batch.get("ref_logprobs") if loss.kl_coef else None
+    value, metrics = losses.get_policy_loss(loss.kind)(
+        logprobs, batch["old_logprobs"], batch["advantages"], mask, batch["segment_ids"],
+        ref_logprobs=ref, clip_low=loss.clip_low, clip_high=loss.clip_high,
+        kl_coef=loss.kl_coef, **agg)
+  tokens = jnp.sum(mask)
+  metrics = dict(metrics, entropy=jnp.sum(jax.lax.stop_gradient(entropy) * mask)
+                 / jnp.maximum(tokens, 1.0), loss_tokens=tokens)
+  return value, metrics
+
+
+class TrainStep:
+  """`state, metrics = step(state, batch)`: jitted with shardings, donating the state."""
+
+  def __init__(self, model_config: ModelConfig, loss: LossConfig, tx: optax.GradientTransformation,
+               *, micro_batches: int = 1, state_shardings: Any = None, batch_sharding: Any = None,
+               mesh: jax.sharding.Mesh | None = None, rules: Mapping | None = None,
+               lr_schedule: optax.Schedule | None = None):
+    if micro_batches <= 0:
+      raise ValueError(f"micro_batches must be positive, got {micro_batches}")
+    self.model_config, self.loss, self.tx = model_config, loss, tx
+    self.micro_batches = micro_batches
+    self.mesh, self.rules = mesh, rules
+    self.lr_schedule = lr_schedule
+    self.compiles = 0
+    jit_kw: dict[str, Any] = dict(donate_argnums=0)
+    if state_shardings is not None:
+      replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      jit_kw.update(in_shardings=(state_shardings, batch_sharding),
+                    out_shardings=(state_shardings, replicated))
+    self._step = jax.jit(self._traced, **jit_kw)
+
+  def _traced(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    self.compiles += 1  # runs once per trace: counts compilations
+    loss = self.loss
+    missing = [f for f in loss.fields if f not in batch]
+    if missing:
+      raise ValueError(f"train step ({loss.kind}): batch lacks {missing}")
+    batch = {k: batch[k] for k in loss.fields}
+    mask = batch["loss_mask"].astype(jnp.float32) * scoring.scored_mask(batch["segment_ids"])
+    denominator = losses.aggregation_denominator(mask, batch["segment_ids"], loss.aggregation,
+                                                 max_segments=loss.max_segments)
+    a = self.micro_batches
+    rows = batch["tokens"].shape[0]
+    if rows % a:
+      raise ValueError(f"batch of {rows} rows does not split into {a} micro-batches")
+    micro = {k: v.reshape((a, rows // a) + v.shape[1:]) for k, v in batch.items()}
+    grad_fn = jax.value_and_grad(functools.partial(
+        loss_fn, model_config=self.model_config, loss=loss, denominator=denominator),
+        has_aux=True)
+
+    def accumulate(carry, mb):
+      grads, total = carry
+      (value, metrics), g = grad_fn(state.params, mb)
+      return (jax.tree.map(jnp.add, grads, g), total + value), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, value), metrics = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)), micro)
+    metrics = jax.tree.map(jnp.mean, metrics)  # means of the micro-batches' metrics
+    metrics["loss_tokens"] = metrics["loss_tokens"] * a  # a count: the sum, not the mean
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(loss=value, grad_norm=optax.global_norm(grads))
+    if self.lr_schedule is not None:
+      metrics["learning_rate"] = self.lr_schedule(state.step)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    if self.mesh is not None and self.rules is not None:
+      with partitioning.activation_rules(self.mesh, self.rules):
+        return self._step(state, batch)
+    return self._step(state, batch)
+
+
+def make_logprob_fn(model_config: ModelConfig, *, chunk_size: int = scoring.DEFAULT_CHUNK_SIZE,
+                    param_shardings: Any = None, batch_sharding: Any = None):
+  """Jitted `(params, batch) -> logprobs [B, T]` without gradients: the trainer's own
+  recomputation of the old policy's and the reference policy's log-probs (GRPO)."""
+
+  def fn(params, tokens, positions, segment_ids):
+    return scoring.token_logprobs(model_config, params, tokens, positions, segment_ids,
+                                  remat=False, chunk_size=chunk_size)
+
+  kw = {}
+  if param_shardings is not None:
+    kw = dict(in_shardings=(param_shardings, batch_sharding, batch_sharding, batch_sharding),
+              out_shardings=batch_sharding)
+  jitted = jax.jit(fn, **kw)
+  return lambda params, b: jitted(params, b["tokens"], b["positions"], b["segment_ids"])

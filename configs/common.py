@@ -1,7 +1,10 @@
-"""Shared pieces of the eval/train configs: every config is `base()` plus a few overrides.
+"""Shared pieces of the eval/train configs: every config is `base()` (evaluation) or
+`train_base()` (training) plus a few overrides.
 
-Each field is documented where it is defined; `atommem_jax.eval.config.validate` checks a
-config before any compute runs.
+Each field is documented where it is defined. The agent keys both share (model, embedder,
+prompts, env, memory, sampling) are checked by `atommem_jax.agent.build.check_agent_config`;
+`atommem_jax.eval.config.validate` and `atommem_jax.training.config.validate` check the rest,
+all before any compute runs.
 """
 from __future__ import annotations
 
@@ -91,4 +94,81 @@ def base() -> ml_collections.ConfigDict:
   # Reuse the episodes a previous run of the same config finished in output_dir/episodes
   # (a killed evaluation continues where it stopped); False discards them.
   c.resume = True
+  return c
+
+
+def train_base() -> ml_collections.ConfigDict:
+  """Training (`python -m atommem_jax.training`): the agent keys of `base()` plus these."""
+  c = base()
+  for key in ("max_examples", "methods", "group_size", "viewer_episodes", "verbose", "resume"):
+    del c[key]
+  c.data = ml_collections.ConfigDict()
+  c.output_dir = "outputs/train"
+  c.algorithm = "sft"  # "sft" or "grpo"
+  c.method = "atommem"  # the policy trained: atommem | memagent (scratchpad-only overwrite memory)
+  c.steps = 100  # total optimizer steps
+  c.checkpoint_every = 50  # optimizer steps between checkpoints (and at the end / on SIGTERM)
+  c.keep_checkpoints = 3
+  c.log_every = 1  # optimizer steps between metrics.jsonl / TensorBoard records
+  c.export_hf = True  # write the final params as a Hugging Face folder (output_dir/hf)
+
+  # Device mesh (axes data, fsdp, tensor; -1 = the rest of the devices) and sharding rules
+  # (atommem_jax/training/sharding.py: "fsdp_tp" or "fsdp").
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  c.sharding_rules = "fsdp_tp"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-5
+  c.optim.warmup_steps = 0
+  c.optim.decay_steps = 0  # 0 = steps
+  c.optim.end_lr_ratio = 0.1
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+
+  # Loss (atommem_jax/training/losses.py, by name).
+  c.loss = ml_collections.ConfigDict()
+  c.loss.aggregation = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum
+  c.loss.max_segments = 32  # turns per packed row (static bound)
+  c.loss.clip_low = 0.2
+  c.loss.clip_high = 0.28
+  c.loss.kl_coef = 0.001  # k3 KL to the frozen initial policy (GRPO); 0 = no reference
+  c.loss.chunk_size = 256  # sequence positions per output-head chunk
+  c.loss.remat = True
+
+  # Packed batches: `rows` rows of `seq_len` tokens per optimizer step, split into
+  # `micro_batches` accumulated slices. A turn longer than seq_len loses the head of its
+  # prompt (truncate="prompt_head"; counted) or is an error (truncate="").
+  c.batch = ml_collections.ConfigDict(dict(rows=8, seq_len=2048, micro_batches=1,
+                                           truncate="prompt_head"))
+
+  # Training data. source: "synthetic" (generated CRUD tasks, seeded) or "jsonl" (SFT only:
+  # trajectories, e.g. a teacher's or logged rollouts, in `jsonl`, comma-separated paths).
+  c.data.source = "synthetic"
+  c.data.jsonl = ""
+  c.data.min_score = -1.0  # jsonl: keep episodes whose exact_match >= min_score (rejection sampling)
+  c.data.num_examples = 64  # synthetic SFT: teacher episodes generated (seeded by data.seed)
+  c.data.seed = 1000  # synthetic tasks' seed (held-out evaluation uses other seeds)
+  c.data.synthetic_chunks = 6
+  c.data.synthetic_hops = 2
+  c.data.synthetic_corrections = 1
+  c.data.synthetic_retractions = 1
+
+  # GRPO (paper: G=8, 8 questions per batch, temperature 1.0, top-p 0.99, no std normalisation).
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.questions_per_step = 8
+  c.grpo.group_size = 8
+  c.grpo.epochs = 1  # optimisation passes over each rollout batch
+  c.grpo.normalize_std = False
+  c.grpo.advantage = "grpo"
+  c.grpo.policy_loss = "grpo"
+  c.grpo.reward = ml_collections.ConfigDict(dict(
+      answer_metric="exact_match",  # exact_match | f1 | contains (never sub_em)
+      parse_error_penalty=0.0, missing_answer_penalty=0.0, untagged_answer_penalty=0.0))
+  c.sampling.temperature = 1.0
+  c.sampling.top_p = 0.99
+  # GRPO only: SFT first, then GRPO from its result (one command). The SFT run lives in
+  # output_dir/sft (resumable like any run) and trains `sft_steps` steps on the `data` teacher
+  # trajectories at `learning_rate` (0 = optim.learning_rate); GRPO starts from, and is
+  # KL-regularised towards, its final parameters.
+  c.warm_start = ml_collections.ConfigDict(dict(sft_steps=0, learning_rate=0.0))
   return c

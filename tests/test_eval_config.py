@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 
+from atommem_jax.agent import build
 from atommem_jax.eval import config as cfg_lib
+from atommem_jax.models import gguf_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The shipped SmolLM2 GGUF (located, never imported: the package's own module needs `llm`).
@@ -119,7 +121,7 @@ def test_a_section_must_fit_the_prompt_budget(test_tokenizer):
   """A budget below section + template would cut the middle out of every reading prompt."""
   c = _tiny()
   section = c.env.chunk_size + 2 * c.env.overlap
-  overhead = cfg_lib.reading_prompt_overhead(c, test_tokenizer)
+  overhead = build.reading_prompt_overhead(c, test_tokenizer, cfg_lib.methods(c))
   assert set(overhead) == {"atommem", "memagent", "static_summary"}
   # The AtomMem template: system message + reading step, as the first turn shows it.
   assert overhead["atommem"] > overhead["memagent"] > 0
@@ -140,7 +142,7 @@ def test_hf_checkpoint_window_is_read_from_config_json(tmp_path, test_tokenizer_
     (ckpt / f.name).write_bytes(f.read_bytes())
   (ckpt / "config.json").write_text(json.dumps({"max_position_embeddings": 2048}))
   c = _tiny(**{"model.source": f"hf:{ckpt}"})
-  assert cfg_lib.model_window(c) == 2048
+  assert build.model_window(c) == 2048
   with pytest.raises(cfg_lib.ConfigError, match=r"^sampling\.max_prompt_tokens=1536 .*2048"):
     cfg_lib.validate(_tiny(**{"model.source": f"hf:{ckpt}", "sampling.max_new_tokens": 600}))
   (ckpt / "config.json").write_text("{}")
@@ -169,21 +171,21 @@ def test_gguf_context_length_matches_the_loader(tmp_path):
   w.write_kv_data_to_file()
   w.write_tensors_to_file()
   w.close()
-  assert cfg_lib.gguf_context_length(path) == 1234
+  assert gguf_io.gguf_context_length(path) == 1234
   reader = gguf_io.open_gguf(path)
   assert gguf_io.config_from_gguf_reader(reader).max_position_embeddings == 1234
   c = _tiny(**{"model.source": f"gguf:{path}"})
-  assert cfg_lib.model_window(c) == 1234
+  assert build.model_window(c) == 1234
   bad = tmp_path / "bad.gguf"
   bad.write_bytes(b"NOPE" + bytes(20))
   with pytest.raises(cfg_lib.ConfigError, match=r"^model\.source: .*bad magic"):
-    cfg_lib.model_window(_tiny(**{"model.source": f"gguf:{bad}"}))
+    build.model_window(_tiny(**{"model.source": f"gguf:{bad}"}))
 
 
 @needs_smollm2
 def test_smollm2_window_from_its_gguf():
   c = importlib.import_module("configs.default").get_config()
-  assert cfg_lib.model_window(c) == 8192
+  assert build.model_window(c) == 8192
 
 
 def test_synthetic_task_that_cannot_fit_is_rejected():

@@ -155,7 +155,7 @@ def test_editing_a_prompt_template_refuses_the_stored_episodes(tmp_path):
 
 
 def test_fingerprint_names_every_template_by_content(tmp_path):
-  from atommem_jax.eval.config import PROMPT_TEMPLATES
+  from atommem_jax.agent.build import PROMPT_TEMPLATES
 
   fp = resume_lib.fingerprint(_oracle(tmp_path))
   for key in PROMPT_TEMPLATES:

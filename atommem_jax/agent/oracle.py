@@ -109,10 +109,13 @@ def synthetic_config(c: ml_collections.ConfigDict, num_chunks: int) -> synthetic
                                    retractions=c.data.synthetic_retractions)
 
 
-def episodes_of(cfg: synthetic.SyntheticConfig, seed: int, n: int) -> list[env_lib.Episode]:
-  """`n` synthetic tasks as episodes whose metadata regenerates them (`example_of`)."""
+def episodes_of(cfg: synthetic.SyntheticConfig, seed: int, n: int, start: int = 0
+                ) -> list[env_lib.Episode]:
+  """Synthetic tasks `start .. start + n - 1` of a seeded stream, as episodes whose metadata
+  regenerates them (`example_of`)."""
   out = []
-  for i, ex in enumerate(synthetic.generate_many(cfg, seed=seed, n=n)):
+  for i in range(start, start + n):
+    ex = synthetic.generate(cfg, seed, i)
     out.append(dataclasses.replace(to_episode(ex), meta={
         "dataset": "synthetic", "kind": ex.kind, "seed": seed, "index": i,
         "config": dataclasses.asdict(cfg), "uses": list(ex.uses)}))

@@ -12,6 +12,8 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Eval config file (configs/*.py).",
@@ -19,6 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Eval config file (con
 
 
 def main(argv):
+  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from atommem_jax.eval import config as cfg_lib

@@ -38,7 +38,7 @@ import ml_collections
 
 from atommem_jax.agent.prompts import resolve_template
 from atommem_jax.agent.trajectory import Trajectory, write_jsonl
-from atommem_jax.eval.config import PROMPT_TEMPLATES, ConfigError
+from atommem_jax.agent.build import PROMPT_TEMPLATES, ConfigError
 
 # Keys that never change a finished episode: where results go, which cells run, how
 # many questions, and how much is printed.

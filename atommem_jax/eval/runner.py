@@ -5,8 +5,6 @@ wires together (rollout engine, policies, metrics, reports) are pure or nearly s
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import pathlib
 import time
@@ -15,111 +13,16 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from atommem_jax.agent import build
 from atommem_jax.agent import environment as env_lib
 from atommem_jax.agent import policies as pol
-from atommem_jax import protocol
-from atommem_jax.agent.prompts import PromptSet
-from atommem_jax.agent.rollout import RolloutConfig, RolloutEngine
+from atommem_jax.agent.rollout import RolloutEngine
 from atommem_jax.agent.trajectory import Trajectory, write_jsonl
 from atommem_jax.eval import config as cfg_lib
 from atommem_jax.eval import episodes as episodes_lib
 from atommem_jax.eval import report
 from atommem_jax.eval import resume as resume_lib
 from atommem_jax.eval import viewer
-from atommem_jax.memory import state as mem_lib
-
-
-@dataclasses.dataclass
-class Model:
-  config: object  # ModelConfig
-  params: object
-  tokenizer: object
-
-
-def build_model(c: ml_collections.ConfigDict, work_dir: pathlib.Path) -> Model | None:
-  """Loads the policy named by `model.source` (None when no method needs one)."""
-  src = str(c.model.source)
-  if src == "none":
-    return None
-  import jax.numpy as jnp
-
-  from atommem_jax.models import config as model_config
-  from atommem_jax.models import tokenizer as tok_lib
-
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[c.model.dtype]
-  if src == "tiny":
-    from atommem_jax.models.transformer import init_params
-
-    tok = tok_lib.load_tokenizer(c.model.tokenizer or tok_lib.build_test_tokenizer(work_dir / "tokenizer"))
-    mc = model_config.tiny("qwen3", vocab_size=max(512, len(tok)), eos_token_id=tok.eos_token_id,
-                           max_position_embeddings=8192)
-    return Model(mc, init_params(mc, seed=c.seed), tok)
-  if src == "smollm2" or src.startswith("gguf:"):
-    from atommem_jax.models.gguf_io import from_gguf
-
-    path = tok_lib.smollm2_gguf_path() if src == "smollm2" else pathlib.Path(src[5:])
-    mc, params = from_gguf(path, dtype=dtype)
-    tok = tok_lib.load_tokenizer(c.model.tokenizer or path)
-    return Model(mc, params, tok)
-  from atommem_jax.models.hf_io import from_pretrained
-
-  path = pathlib.Path(src[3:])
-  mc, params = from_pretrained(path, dtype=dtype)
-  return Model(mc, params, tok_lib.load_tokenizer(c.model.tokenizer or path))
-
-
-def build_embedder(c: ml_collections.ConfigDict, model: Model | None
-                   ) -> tuple[Callable[[list[str]], np.ndarray], int]:
-  """(embed_fn, dim) for memory entries and queries."""
-  from atommem_jax.memory import embedder as emb_lib
-
-  if c.embedder == "hashing":
-    e = emb_lib.HashingEmbedder()
-  elif c.embedder == "minilm":
-    e = emb_lib.MiniLMEmbedder()
-  else:
-    e = emb_lib.PolicyEmbedder(model.config, model.tokenizer)
-    return functools.partial(e.embed, params=model.params), e.dim
-  return e.embed, e.dim
-
-
-def make_policy(method: str, model: Model | None, c: ml_collections.ConfigDict, seed: int):
-  if method in cfg_lib.SCRIPTED_METHODS:
-    from atommem_jax.agent import oracle
-
-    return oracle.make_scripted_policy(method)
-  s = c.sampling
-  sampling = pol.SamplingConfig(temperature=s.temperature, top_k=s.top_k or None,
-                                top_p=s.top_p if s.top_p < 1 else None,
-                                max_new_tokens=s.max_new_tokens, max_answer_tokens=s.max_answer_tokens,
-                                max_prompt_tokens=s.max_prompt_tokens)
-  lm = pol.LMClient(model.config, model.tokenizer, sampling, seed=seed)
-  p = c.prompts
-  if method == "atommem":
-    prompts = PromptSet.load(system=p.system, step=p.step, final=p.final)
-    return pol.AtomMemPolicy(lm, prompts, max_memory_chars=c.max_memory_chars,
-                             no_query_text=p.no_query_text, empty_memory_text=p.empty_memory_text)
-  if method == "memagent":
-    return pol.MemAgentPolicy(lm, system=p.memagent_system, step=p.memagent_step,
-                              answer_template=p.answer)
-  if method == "rag":
-    return pol.RAGPolicy(lm, answer_template=p.answer)
-  if method == "static_summary":
-    return pol.StaticSummaryPolicy(lm, answer_template=p.answer, summary_template=p.summary)
-  return lm  # full_context runs on the client directly
-
-
-def rollout_config(c: ml_collections.ConfigDict, method: str, dim: int) -> RolloutConfig:
-  allowed = protocol.OP_KINDS
-  if method in ("memagent", "scratchpad_only"):
-    allowed = (protocol.SCRATCHPAD,)
-  return RolloutConfig(
-      env=env_lib.EnvConfig(chunk_size=c.env.chunk_size, overlap=c.env.overlap,
-                            max_calls=c.env.max_calls, max_query_times=c.env.max_query_times,
-                            answer_after_budget=c.env.answer_after_budget),
-      memory=mem_lib.MemoryConfig(capacity=c.memory.capacity, dim=dim, top_k=c.memory.top_k,
-                                  overflow=c.memory.overflow, delete_mode=c.memory.delete_mode),
-      max_ops=c.memory.max_ops, allowed_ops=allowed)
 
 
 def _print_steps(t: Trajectory, echo: Callable[[str], None]) -> None:
@@ -146,8 +49,8 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   store = resume_lib.EpisodeStore(out, c)  # before any compute: a mismatch fails fast
   (out / "config.json").write_text(c.to_json_best_effort(indent=2))
   t0 = time.perf_counter()
-  model = build_model(c, out)
-  embed_fn, dim = build_embedder(c, model)
+  model = build.load_model(c, out)
+  embed_fn, dim = build.build_embedder(c, model)
   echo(f"[setup] model={c.model.source} embedder={c.embedder} ({time.perf_counter() - t0:.1f}s)")
   tokenizer = model.tokenizer if model else None
   runs: dict[str, dict[tuple[str, str], list[Trajectory]]] = {}
@@ -161,7 +64,7 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
            f"{np.mean([len(e.document) for e in eps]):.0f} chars on average")
       for method in cfg_lib.methods(c):
         cell = f"{method}@{dataset}/{length}"
-        policy = make_policy(method, model, c, c.seed)
+        policy = build.make_policy(method, model, c, c.seed)
         start = time.perf_counter()
         wanted = {e.episode_id for e in eps}
         done = [t for t in resume_lib.latest(store.load(method, dataset, str(length)))
@@ -181,7 +84,7 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
             new = pol.full_context(policy, batch, metrics.score_all,
                                    answer_template=c.prompts.answer, params=model.params)
           else:
-            eng = RolloutEngine(rollout_config(c, method, dim), tokenizer,
+            eng = RolloutEngine(build.rollout_config(c, method, dim), tokenizer,
                                 embed_fn, metrics.score_all)
             new = eng.run(batch, policy, group_size=c.group_size,
                           params=model.params if model else None,

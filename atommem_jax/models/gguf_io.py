@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax.numpy as jnp
 import numpy as np
@@ -231,3 +232,70 @@ def export_gguf_to_hf(path: str | os.PathLike, out_dir: str | os.PathLike,
   hf_io.save_pretrained(config, params, out)
   tok_lib.load_tokenizer(path).save_pretrained(out)
   return out
+
+
+# --- the context window from the header alone (config checks: no weights, no tokenizer) ----
+
+GGUF_DEFAULT_CONTEXT = 2048  # the context length a GGUF without one gets
+
+
+_GGUF_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                10: "<Q", 11: "<q", 12: "<d"}  # GGUF value types; 8 = string, 9 = array
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _read(f: BinaryIO, fmt: str):
+  size = struct.calcsize(fmt)
+  data = f.read(size)
+  if len(data) != size:
+    raise ValueError("unexpected end of file in the GGUF header")
+  return struct.unpack(fmt, data)[0]
+
+
+def _gguf_value(f: BinaryIO, vtype: int, keep: bool):
+  """Reads (keep) or skips one metadata value of type `vtype` at the file position."""
+  if vtype in _GGUF_SCALAR:
+    if keep:
+      return _read(f, _GGUF_SCALAR[vtype])
+    f.seek(struct.calcsize(_GGUF_SCALAR[vtype]), 1)
+    return None
+  if vtype == _GGUF_STRING:
+    n = _read(f, "<Q")
+    if keep:
+      return f.read(n).decode("utf-8")
+    f.seek(n, 1)
+    return None
+  if vtype == _GGUF_ARRAY:
+    etype, count = _read(f, "<I"), _read(f, "<Q")
+    if etype in _GGUF_SCALAR:  # a vocabulary's scores: one seek, not 49k reads
+      f.seek(count * struct.calcsize(_GGUF_SCALAR[etype]), 1)
+    else:
+      for _ in range(count):
+        _gguf_value(f, etype, keep=False)
+    return None
+  raise ValueError(f"unknown GGUF metadata value type {vtype}")
+
+
+def gguf_context_length(path: str | os.PathLike) -> int:
+  """`{arch}.context_length` from a GGUF file's header, read up to that key (milliseconds;
+  `gguf.GGUFReader` parses every tokenizer string first, about a second for SmolLM2).
+  Absent: GGUF_DEFAULT_CONTEXT, the value `from_gguf` gives the model."""
+  with open(path, "rb") as f:
+    if f.read(4) != b"GGUF":
+      raise ValueError(f"{path} is not a GGUF file (bad magic)")
+    version = _read(f, "<I")
+    if version < 2:
+      raise ValueError(f"{path}: GGUF version {version} is not supported (need >= 2)")
+    _read(f, "<Q")  # tensor count
+    arch = None
+    for _ in range(_read(f, "<Q")):
+      key = f.read(_read(f, "<Q")).decode("utf-8")
+      vtype = _read(f, "<I")
+      wanted = key == "general.architecture" or (arch is not None
+                                                  and key == f"{arch}.context_length")
+      value = _gguf_value(f, vtype, keep=wanted)
+      if key == "general.architecture":
+        arch = value
+      elif wanted:
+        return int(value)
+  return GGUF_DEFAULT_CONTEXT

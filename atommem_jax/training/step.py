@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from atommem_jax.models import partitioning, scoring
+from atommem_jax.models import partitioning, scoring, transformer
 from atommem_jax.models.config import ModelConfig
 from atommem_jax.training import losses
 
@@ -146,6 +146,10 @@ class TrainStep:
     self.mesh, self.rules = mesh, rules
     self.lr_schedule = lr_schedule
     self.compiles = 0
+    # The module structure is built (and cached) outside the mesh context the step traces
+    # in: NNX would otherwise try to resolve the params' logical names against that mesh.
+    transformer.abstract_params(model_config)
+    transformer._graphdef(model_config)  # noqa: SLF001
     jit_kw: dict[str, Any] = dict(donate_argnums=0)
     if state_shardings is not None:
       replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -1,0 +1,123 @@
+"""Training data: teacher trajectories as SFT turns, packed batches by step, GRPO questions.
+
+SFT sees exactly the tokens evaluation shows: a teacher's episodes run through the one
+`RolloutEngine` with `policies.RenderedTeacher` (the teacher decides, the student policy
+renders each prompt), so every turn carries the student's prompt ids and the teacher's
+response ids. Logged trajectories (JSONL) are read the same way. `SFTBatches` packs all
+turns once (first-fit, `training/packing.py`) and serves batch `step` as a pure function of
+the step: a resumed run continues on exactly the batch it would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from atommem_jax.agent import oracle
+from atommem_jax.agent.environment import Episode
+from atommem_jax.agent.trajectory import Trajectory, read_jsonl
+from atommem_jax.training import packing
+
+# The scripted teacher of each trained method on synthetic tasks.
+TEACHERS = {"atommem": "oracle", "memagent": "scratchpad_only"}
+
+
+def synthetic_episodes(c: ml_collections.ConfigDict, n: int, start: int = 0) -> list[Episode]:
+  """Tasks `start .. start + n - 1` of the config's seeded synthetic stream."""
+  cfg = oracle.synthetic_config(c, c.data.synthetic_chunks)
+  return oracle.episodes_of(cfg, c.data.seed, n, start=start)
+
+
+def teacher_trajectories(engine, student, method: str, episodes: Sequence[Episode],
+                         batch_size: int = 16) -> list[Trajectory]:
+  """The scripted teacher of `method` on `episodes`, rendered with `student`'s prompts."""
+  from atommem_jax.agent import policies
+
+  teacher = policies.RenderedTeacher(oracle.make_scripted_policy(TEACHERS[method]), student)
+  out: list[Trajectory] = []
+  for k in range(0, len(episodes), batch_size):
+    out += engine.run(list(episodes[k:k + batch_size]), teacher).trajectories
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnStats:
+  episodes: int
+  kept_episodes: int
+  turns: int
+  response_tokens: int
+  prompt_tokens: int
+
+
+def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: float | None = None,
+             score_key: str = "exact_match") -> tuple[list[packing.Turn], TurnStats]:
+  """(prompt ids, response ids) of every model-facing step (steps scripted by a static
+  workflow carry no ids and are skipped). min_score: keep only episodes scoring at least
+  that (rejection sampling of logged rollouts)."""
+  turns: list[packing.Turn] = []
+  kept = 0
+  for t in trajectories:
+    if min_score is not None and t.scores.get(score_key, 0.0) < min_score:
+      continue
+    kept += 1
+    for s in t.steps:
+      if not s.prompt_ids or not s.response_ids:
+        continue
+      hi = max(max(s.prompt_ids), max(s.response_ids))
+      if hi >= vocab_size or min(min(s.prompt_ids), min(s.response_ids)) < 0:
+        raise ValueError(f"trajectory {t.episode_id!r} step {s.index}: token id {hi} outside the "
+                         f"policy's vocabulary [0, {vocab_size}) (another tokenizer's ids?)")
+      turns.append((list(s.prompt_ids), list(s.response_ids)))
+  stats = TurnStats(episodes=len(trajectories), kept_episodes=kept, turns=len(turns),
+                    response_tokens=sum(len(r) for _, r in turns),
+                    prompt_tokens=sum(len(p) for p, _ in turns))
+  return turns, stats
+
+
+def read_trajectories(paths: Sequence[str | pathlib.Path]) -> list[Trajectory]:
+  out: list[Trajectory] = []
+  for p in paths:
+    out += list(read_jsonl(p))
+  return out
+
+
+class SFTBatches:
+  """Fixed-shape packed batches, `batch(step)` a pure function of the step.
+
+  All turns are packed once (first-fit decreasing into `seq_len` rows); each epoch visits
+  every row once in an order drawn from `seed + epoch`; the last batch of an epoch is
+  filled with empty rows (no loss), so every batch has `rows` rows.
+  """
+
+  def __init__(self, turns: Sequence[packing.Turn], *, rows: int, seq_len: int, seed: int,
+               max_segments: int, truncate: str | None = "prompt_head", pad_id: int = 0):
+    if not turns:
+      raise ValueError("SFT data has no turns (no trajectory step with prompt and response ids)")
+    self.rows, self.seq_len, self.seed = rows, seq_len, seed
+    self.packed = packing.pack(turns, seq_len, pad_id=pad_id, max_segments=max_segments,
+                               truncate=truncate or None)
+    self.arrays = {k: v for k, v in self.packed.arrays().items()
+                   if k in ("tokens", "positions", "segment_ids", "loss_mask")}
+    self.num_rows = self.packed.rows_used
+    self.batches_per_epoch = -(-self.num_rows // rows)
+    self.truncated_prompt_tokens = int(self.packed.prompt_dropped.sum())
+    self.pad_id = pad_id
+
+  def position(self, step: int) -> dict[str, int]:
+    return {"epoch": step // self.batches_per_epoch, "batch": step % self.batches_per_epoch}
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    epoch, k = divmod(step, self.batches_per_epoch)
+    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+    idx = order[k * self.rows:(k + 1) * self.rows]
+    out = {}
+    for name, a in self.arrays.items():
+      b = a[idx]
+      if len(idx) < self.rows:  # the epoch's last batch: empty rows (segment 0, no loss)
+        fill = self.pad_id if name == "tokens" else 0
+        b = np.concatenate([b, np.full((self.rows - len(idx),) + a.shape[1:], fill, a.dtype)])
+      out[name] = b
+    return out

@@ -1,0 +1,86 @@
+"""Supervised fine-tuning on trajectories: teacher episodes (or logged JSONL) -> packed turns
+-> cross-entropy on the policy-written tokens only, one jitted sharded step per batch.
+
+Data: `data.source="synthetic"` runs the method's scripted teacher (`training/data.py`
+TEACHERS) on `data.num_examples` seeded synthetic tasks through the rollout engine, rendered
+with the trained policy's own prompts; `data.source="jsonl"` reads trajectories (a teacher's,
+or logged rollouts filtered by `data.min_score`). Turns are packed once; batch `step` is a
+pure function of the step, so a run killed at any point resumes on the same batches and
+ends with the same parameters.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from atommem_jax.agent import build
+from atommem_jax.agent.rollout import RolloutEngine
+from atommem_jax.training import data as data_lib
+from atommem_jax.training import logs
+from atommem_jax.training import trainer
+
+
+def sft_turns(run: trainer.Run):
+  """(turns, stats) of the configured SFT data, rendered for the trained policy."""
+  c, model = run.c, run.model
+  vocab = model.config.vocab_size
+  if c.data.source == "jsonl":
+    paths = [p.strip() for p in str(c.data.jsonl).split(",") if p.strip()]
+    trajs = data_lib.read_trajectories(paths)
+    min_score = c.data.min_score if c.data.min_score >= 0 else None
+    return data_lib.turns_of(trajs, vocab, min_score=min_score)
+  embed_fn, dim = build.build_embedder(c, model)
+  engine = RolloutEngine(build.rollout_config(c, c.method, dim), model.tokenizer, embed_fn)
+  student = build.make_policy(c.method, model, c, c.seed)
+  episodes = data_lib.synthetic_episodes(c, c.data.num_examples)
+  trajs = data_lib.teacher_trajectories(engine, student, c.method, episodes)
+  return data_lib.turns_of(trajs, vocab)
+
+
+def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> dict:
+  """Runs (or resumes) SFT to `c.steps` optimizer steps; returns a summary."""
+  from tqdm.auto import tqdm
+
+  run = trainer.setup(c, echo)
+  t0 = time.perf_counter()
+  turns, stats = sft_turns(run)
+  pad = run.model.tokenizer.pad_token_id or 0
+  batches = data_lib.SFTBatches(turns, rows=c.batch.rows, seq_len=c.batch.seq_len, seed=c.seed,
+                                max_segments=c.loss.max_segments,
+                                truncate=c.batch.truncate or None, pad_id=pad)
+  echo(f"[data] {stats.kept_episodes} of {stats.episodes} episodes, {stats.turns} turns "
+       f"({stats.prompt_tokens} prompt + {stats.response_tokens} response tokens) packed into "
+       f"{batches.num_rows} rows of {c.batch.seq_len}: {batches.batches_per_epoch} batches per "
+       f"epoch; {batches.truncated_prompt_tokens} prompt tokens cut to fit "
+       f"({time.perf_counter() - t0:.1f}s)")
+  writer = logs.MetricsWriter(run.out, run.step)
+  run.checkpointer.install_signal_handlers()
+  stopped = False
+  bar = tqdm(total=c.steps, initial=min(run.step, c.steps), desc="sft", unit="step")
+  while run.step < c.steps:
+    step = run.step
+    start = time.perf_counter()
+    host = batches.batch(step)
+    run.state, metrics = run.train_step(run.state, run.shard_batch(host))
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    seconds = time.perf_counter() - start
+    record = dict(step=step + 1, **metrics, **batches.position(step), seconds=seconds,
+                  tokens_per_second=float(np.sum(host["segment_ids"] != 0)) / seconds,
+                  compiles=run.train_step.compiles)
+    if (step + 1) % c.log_every == 0 or step + 1 == c.steps:
+      writer.write(record)
+    bar.update(1)
+    bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+    meta = {"data": batches.position(step + 1), "algorithm": "sft"}
+    run.save(meta)
+    if run.checkpointer.should_stop(run.step):
+      stopped = True
+      break
+  bar.close()
+  return trainer.finish(run, writer, {"data": batches.position(run.step), "algorithm": "sft"},
+                        stopped)
+

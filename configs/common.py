@@ -40,6 +40,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.num_docs = "50"  # comma-separated list of lengths to evaluate
   c.data.multi_question = False  # AtomMem mode: 1..10 questions share a context
   c.data.synthetic_chunks = 8  # synthetic tasks: sections per document
+  c.data.synthetic_task = "mixed"  # chain (Update) | count (Delete) | mixed
   c.data.synthetic_hops = 2
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1
@@ -149,6 +150,7 @@ def train_base() -> ml_collections.ConfigDict:
   c.data.num_examples = 64  # synthetic SFT: teacher episodes generated (seeded by data.seed)
   c.data.seed = 1000  # synthetic tasks' seed (held-out evaluation uses other seeds)
   c.data.synthetic_chunks = 6
+  c.data.synthetic_task = "mixed"  # chain (Update) | count (Delete) | mixed
   c.data.synthetic_hops = 2
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1

@@ -104,3 +104,19 @@ def test_bad_settings_are_named():
   state = step_lib.init_state(init_params(CFG, seed=0), tx)
   with pytest.raises(ValueError, match="lacks"):
     train(state, _batch(0))  # an SFT batch for a GRPO step
+
+
+def test_bfloat16_compute_keeps_float32_master_weights():
+  tx = optax.sgd(0.5)
+  bf16 = CFG.replace(dtype="bfloat16")
+  state = step_lib.init_state(init_params(CFG, seed=0), tx)
+  f32_state = step_lib.init_state(init_params(CFG, seed=0), tx)
+  batch = _batch(0)
+  state, m16 = step_lib.TrainStep(bf16, _loss("sft"), tx)(state, batch)
+  f32_state, m32 = step_lib.TrainStep(CFG, _loss("sft"), tx)(f32_state, batch)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  np.testing.assert_allclose(float(m16["loss"]), float(m32["loss"]), rtol=2e-2)
+  # The update moved the float32 master weights by more than bf16 rounding would allow.
+  moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
+           for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(init_params(CFG, seed=0)))]
+  assert max(moved) > 0

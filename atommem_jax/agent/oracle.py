@@ -104,7 +104,8 @@ def to_episode(example: synthetic.SyntheticExample) -> env_lib.Episode:
 
 
 def synthetic_config(c: ml_collections.ConfigDict, num_chunks: int) -> synthetic.SyntheticConfig:
-  return synthetic.SyntheticConfig(num_chunks=num_chunks, hops=c.data.synthetic_hops,
+  return synthetic.SyntheticConfig(task=c.data.get("synthetic_task", "mixed"),
+                                   num_chunks=num_chunks, hops=c.data.synthetic_hops,
                                    corrections=c.data.synthetic_corrections,
                                    retractions=c.data.synthetic_retractions)
 

@@ -30,6 +30,7 @@ from atommem_jax.models import gguf_io
 
 LLM_METHODS = ("atommem", "memagent", "rag", "static_summary", "full_context")
 SCRIPTED_METHODS = ("oracle", "scratchpad_only", "create_all_read_once")  # synthetic tasks only
+REAL_SCRIPTED_METHODS = ("teacher",)  # real datasets only: reads the supporting labels
 EMBEDDERS = ("minilm", "hashing", "policy")
 OVERFLOW_MODES = ("error", "evict_oldest")  # as memory.state.MemoryConfig accepts
 DELETE_MODES = ("remove", "blank")
@@ -319,6 +320,10 @@ def make_policy(method: str, model: Model | None, c: ml_collections.ConfigDict, 
     from atommem_jax.agent import oracle
 
     return oracle.make_scripted_policy(method)
+  if method in REAL_SCRIPTED_METHODS:
+    from atommem_jax.agent import teacher
+
+    return teacher.make_teacher()
   lm = pol.LMClient(model.config, model.tokenizer, sampling_config(c), seed=seed)
   p = c.prompts
   if method == "atommem":
@@ -334,7 +339,8 @@ def make_policy(method: str, model: Model | None, c: ml_collections.ConfigDict, 
     return pol.StaticSummaryPolicy(lm, answer_template=p.answer, summary_template=p.summary)
   if method == "full_context":
     return lm
-  raise ValueError(f"unknown method {method!r}; known: {LLM_METHODS + SCRIPTED_METHODS}")
+  raise ValueError(f"unknown method {method!r}; known: "
+                   f"{LLM_METHODS + SCRIPTED_METHODS + REAL_SCRIPTED_METHODS}")
 
 
 def rollout_config(c: ml_collections.ConfigDict, method: str, dim: int) -> RolloutConfig:

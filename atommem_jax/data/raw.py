@@ -48,11 +48,18 @@ class QARecord:
   answers: tuple[str, ...]
   paragraphs: tuple[Paragraph, ...]
   supporting: tuple[int, ...]  # indices into `paragraphs`
+  # The labelled supporting sentences, in label order: (paragraph index, sentence as in the
+  # file). HotpotQA / 2Wiki `supporting_facts`; empty where a format has none (MuSiQue).
+  supporting_sentences: tuple[tuple[int, str], ...] = ()
+  # MuSiQue `question_decomposition`: (supporting paragraph index, sub-answer) per
+  # sub-question, in order (the last sub-answer is the answer); empty elsewhere.
+  decomposition: tuple[tuple[int, str], ...] = ()
 
   def __post_init__(self):
     if not self.answers:
       raise ValueError(f"QARecord {self.id!r}: no answers")
-    for i in self.supporting:
+    for i in (*self.supporting, *(i for i, _ in self.supporting_sentences),
+              *(i for i, _ in self.decomposition)):
       if not 0 <= i < len(self.paragraphs):
         raise ValueError(f"QARecord {self.id!r}: supporting index {i} out of range "
                          f"[0, {len(self.paragraphs)})")
@@ -103,7 +110,7 @@ def _field(path: str, idx: int, rec: Any, name: str, kind: type | tuple[type, ..
 
 def _hotpot_like(path: str, records: Sequence[Any], missing_context: MissingContext
                  ) -> Iterator[QARecord]:
-  skipped = 0
+  skipped = bad_sent_ids = 0
   for idx, rec in enumerate(records):
     if isinstance(rec, dict) and "context" not in rec and missing_context == "skip":
       skipped += 1
@@ -135,7 +142,18 @@ def _hotpot_like(path: str, records: Sequence[Any], missing_context: MissingCont
         raise RawDataError(f"{path}: record {idx} ({rid}): field 'supporting_facts' names "
                            f"title {t!r} absent from 'context'")
       supporting.append(by_title[t])
-    yield QARecord(rid, question, (answer,), tuple(paragraphs), tuple(sorted(supporting)))
+    sentences = []  # a sent_id past its paragraph's end (a known HotpotQA label slip) is counted
+    for title, sent_id in sfs:
+      para_sents = context[by_title[title]][1]
+      if sent_id < len(para_sents):
+        sentences.append((by_title[title], para_sents[sent_id]))
+      else:
+        bad_sent_ids += 1
+    yield QARecord(rid, question, (answer,), tuple(paragraphs), tuple(sorted(supporting)),
+                   supporting_sentences=tuple(sentences))
+  if bad_sent_ids:
+    logging.warning("%s: %d supporting_facts name a sentence id past their paragraph's end; "
+                    "those sentences are left out of supporting_sentences", path, bad_sent_ids)
   if skipped:
     logging.warning("%s: skipped %d of %d records without 'context' (missing_context='skip')",
                     path, skipped, len(records))
@@ -181,8 +199,36 @@ def read_musique(path: PathLike) -> list[QARecord]:
       if p.get("is_supporting", False):
         supporting.append(j)
     answers = tuple(dict.fromkeys([answer] + aliases))
-    out.append(QARecord(rid, question, answers, tuple(paragraphs), tuple(supporting)))
+    decomposition = _musique_decomposition(path, idx, rid, rec, paras)
+    out.append(QARecord(rid, question, answers, tuple(paragraphs), tuple(supporting),
+                        decomposition=decomposition))
   return out
+
+
+def _musique_decomposition(path: str, idx: int, rid: str, rec: dict, paras: list
+                           ) -> tuple[tuple[int, str], ...]:
+  """(paragraph index, sub-answer) per sub-question of `question_decomposition` (optional
+  field). `paragraph_support_idx` names a paragraph's `idx` (its position where `idx` is
+  absent); a sub-question without one (unanswerable MuSiQue) is left out."""
+  steps = rec.get("question_decomposition", [])
+  if not isinstance(steps, list):
+    raise RawDataError(f"{path}: record {idx} ({rid}): field 'question_decomposition' is not a "
+                       "list")
+  position = {p.get("idx", j): j for j, p in enumerate(paras)}
+  out = []
+  for j, st in enumerate(steps):
+    support = st.get("paragraph_support_idx") if isinstance(st, dict) else None
+    if not isinstance(st, dict) or not isinstance(st.get("answer"), str) or not (
+        support is None or (isinstance(support, int) and not isinstance(support, bool))):
+      raise RawDataError(f"{path}: record {idx} ({rid}): field 'question_decomposition'[{j}] is "
+                         "not {answer: str, paragraph_support_idx: int or null}")
+    if support is None:
+      continue
+    if support not in position:
+      raise RawDataError(f"{path}: record {idx} ({rid}): field 'question_decomposition'[{j}]."
+                         f"paragraph_support_idx={support} names no paragraph")
+    out.append((position[support], st["answer"]))
+  return tuple(out)
 
 
 def read_corpus(path: PathLike) -> list[Paragraph]:
@@ -225,6 +271,34 @@ def find_dev_file(dataset: str, data_dir: PathLike) -> pathlib.Path:
 def is_official_dev_file(dataset: str, path: PathLike) -> bool:
   """Whether `path` carries the dataset's official dev file name (not a local sample)."""
   return pathlib.Path(path).name == DEV_FILES[dataset][0]
+
+
+# Train files per dataset inside a data directory: the official file name first, then the
+# local sample of ../shared/data. Training reads only these, never a DEV_FILES entry.
+TRAIN_FILES: dict[str, tuple[str, ...]] = {
+    "hotpotqa": ("hotpot_train_v1.1.json", "hotpotqa/hotpotqa_train.json"),
+    "2wiki": ("train.json", "2wikimultihopqa/wikihop_train_preprocess.json"),
+    "musique": ("musique_ans_v1.0_train.jsonl", "musique/musique_train.json"),
+}
+
+
+def find_train_file(dataset: str, data_dir: PathLike) -> pathlib.Path:
+  """The first of `TRAIN_FILES[dataset]` present in `data_dir` (FileNotFoundError naming all)."""
+  if dataset not in TRAIN_FILES:
+    raise ValueError(f"dataset must be one of {sorted(TRAIN_FILES)}, got {dataset!r}")
+  data_dir = pathlib.Path(data_dir)
+  for name in TRAIN_FILES[dataset]:
+    if (data_dir / name).is_file():
+      return data_dir / name
+  raise FileNotFoundError(f"no {dataset} train file in {data_dir}; looked for "
+                          f"{TRAIN_FILES[dataset]}")
+
+
+def is_dev_file(path: PathLike) -> bool:
+  """Whether `path` ends like one of the known dev files (official or local sample)."""
+  parts = pathlib.PurePath(path).parts
+  return any(parts[-len(pathlib.PurePath(n).parts):] == pathlib.PurePath(n).parts
+             for names in DEV_FILES.values() for n in names)
 
 
 READERS = {"hotpotqa": read_hotpotqa, "2wiki": read_2wiki, "musique": read_musique}

@@ -13,8 +13,8 @@ import pathlib
 
 import ml_collections
 
-from atommem_jax.agent.build import (LLM_METHODS, SCRIPTED_METHODS, ConfigError,
-                                     check_agent_config)
+from atommem_jax.agent.build import (LLM_METHODS, REAL_SCRIPTED_METHODS, SCRIPTED_METHODS,
+                                     ConfigError, check_agent_config)
 
 DATASETS = ("hotpotqa", "2wiki", "musique", "synthetic")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -49,9 +49,10 @@ def _check_methods_and_data(c: ml_collections.ConfigDict) -> None:
   ms = methods(c)
   if not ms:
     raise ConfigError("methods: empty; name at least one method")
+  known = LLM_METHODS + SCRIPTED_METHODS + REAL_SCRIPTED_METHODS
   for m in ms:
-    if m not in LLM_METHODS + SCRIPTED_METHODS:
-      raise ConfigError(f"methods: unknown method {m!r}; known: {LLM_METHODS + SCRIPTED_METHODS}")
+    if m not in known:
+      raise ConfigError(f"methods: unknown method {m!r}; known: {known}")
   ds = datasets(c)
   if not ds or any(d not in DATASETS for d in ds):
     raise ConfigError(f"data.dataset must list datasets from {DATASETS}, got {c.data.dataset!r}")
@@ -62,6 +63,12 @@ def _check_methods_and_data(c: ml_collections.ConfigDict) -> None:
   if not synthetic and (bad := [m for m in ms if m in SCRIPTED_METHODS]):
     raise ConfigError(f"methods: {bad} are scripted for synthetic tasks only "
                       f"(data.dataset={c.data.dataset!r})")
+  if synthetic and (bad := [m for m in ms if m in REAL_SCRIPTED_METHODS]):
+    raise ConfigError(f"methods: {bad} read real datasets' supporting labels; not for "
+                      f"data.dataset={c.data.dataset!r}")
+  if not synthetic and str(c.model.source) == "none" and not c.model.tokenizer:
+    raise ConfigError("model.tokenizer: model.source='none' on real data needs a tokenizer to "
+                      "cut documents into sections (e.g. the SmolLM2 GGUF's)")
   lengths(c)
   if c.max_examples < 0:
     raise ConfigError(f"max_examples must be >= 0, got {c.max_examples}")

@@ -6,15 +6,16 @@ Wikipedia paragraphs by `atommem_jax.data.longctx` exactly as MemAgent's RULER-H
 builder does, so numbers compare with published ones *when the dev file is the official
 one*: the distractors are drawn from every paragraph of the file, so a small local sample
 gives a much smaller distractor corpus (`provenance` reports it). The first `max_examples`
-questions of the split are used, in file order.
+questions of the split are used, in file order. The episodes come from the one real-data
+builder, `atommem_jax.agent.episodes`, which training uses on the train files.
 """
 from __future__ import annotations
 
-import functools
 import pathlib
 
 import ml_collections
 
+from atommem_jax.agent import episodes as agent_episodes
 from atommem_jax.agent.environment import Episode
 from atommem_jax.data import raw
 from atommem_jax.eval import config as cfg_lib
@@ -25,10 +26,8 @@ from atommem_jax.eval import config as cfg_lib
 OFFICIAL_DEV = {"hotpotqa": {"records": 7405, "distractor_corpus": 66_635}}
 
 
-@functools.lru_cache(maxsize=8)
 def _records(dataset: str, path: str):
-  kwargs = {"missing_context": "skip"} if dataset == "2wiki" else {}
-  return raw.read_records(dataset, path, **kwargs)
+  return agent_episodes.read_records(dataset, path)
 
 
 def _questions_used(num_records: int, max_examples: int) -> int:
@@ -37,20 +36,9 @@ def _questions_used(num_records: int, max_examples: int) -> int:
 
 def real_episodes(dataset: str, data_dir: pathlib.Path, num_docs: int, max_examples: int,
                   multi_question: bool = False, seed: int = 42) -> list[Episode]:
-  from atommem_jax.data import longctx
-
-  path = raw.find_dev_file(dataset, data_dir)
-  records = _records(dataset, str(path))
-  n = _questions_used(len(records), max_examples)
-  cfg = longctx.LongDocConfig(num_docs=num_docs, seed=seed,
-                              mode="multi" if multi_question else "single")
-  out = []
-  for ex in longctx.build_examples(records, cfg, subset=list(range(n))):
-    out.append(Episode(episode_id=f"{dataset}-{ex.id}-{num_docs}", questions=tuple(ex.questions),
-                       golds=tuple(tuple(a) for a in ex.answers), document=ex.context,
-                       meta={"dataset": dataset, "num_docs": ex.num_docs,
-                             "gold_positions": [list(p) for p in ex.gold_positions]}))
-  return out
+  return agent_episodes.episodes_from_file(dataset, raw.find_dev_file(dataset, data_dir), num_docs,
+                                           max_examples=max_examples,
+                                           multi_question=multi_question, seed=seed)
 
 
 def provenance(c: ml_collections.ConfigDict, dataset: str) -> dict:

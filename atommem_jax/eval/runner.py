@@ -52,7 +52,9 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   model = build.load_model(c, out)
   embed_fn, dim = build.build_embedder(c, model)
   echo(f"[setup] model={c.model.source} embedder={c.embedder} ({time.perf_counter() - t0:.1f}s)")
-  tokenizer = model.tokenizer if model else None
+  # Sections are cut with the policy's tokenizer; without a model, with model.tokenizer.
+  tokenizer = model.tokenizer if model else (build.policy_tokenizer(c) if c.model.tokenizer
+                                             else None)
   runs: dict[str, dict[tuple[str, str], list[Trajectory]]] = {}
   timings: dict[str, float] = {}
   prompt_stats: dict[str, dict[str, int]] = {}

@@ -117,6 +117,11 @@ def train_base() -> ml_collections.ConfigDict:
   # (atommem_jax/training/sharding.py: "fsdp_tp" or "fsdp").
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.sharding_rules = "fsdp_tp"
+  # Processes (atommem_jax/training/distributed.py): mode "off" (one process), "auto" (TPU VMs,
+  # GKE/xpk: JAX finds the other hosts; what launch/ passes) or "explicit" (coordinator
+  # "host:port" of process 0, num_processes, process_id: CPU tests, other clusters).
+  c.distributed = ml_collections.ConfigDict(dict(mode="off", coordinator="", num_processes=0,
+                                                 process_id=-1, initialization_timeout=300))
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-5

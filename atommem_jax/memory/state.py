@@ -43,7 +43,9 @@ COUNTER_NAMES = ("creates", "reads", "updates", "deletes", "scratchpads", "evict
                  "err_overflow", "err_bad_index", "err_not_alive", "err_too_many_ops")
 (C_CREATES, C_READS, C_UPDATES, C_DELETES, C_SCRATCHPADS, C_EVICTIONS, C_ERR_OVERFLOW,
  C_ERR_BAD_INDEX, C_ERR_NOT_ALIVE, C_ERR_TOO_MANY_OPS) = range(len(COUNTER_NAMES))
-_ERROR_COUNTER = jnp.array([-1, C_ERR_OVERFLOW, C_ERR_BAD_INDEX, C_ERR_NOT_ALIVE], jnp.int32)
+# numpy, not jnp: a jnp array built at import would start JAX's backends before a
+# multi-host run can call jax.distributed.initialize.
+_ERROR_COUNTER = np.array([-1, C_ERR_OVERFLOW, C_ERR_BAD_INDEX, C_ERR_NOT_ALIVE], np.int32)
 
 Overflow = Literal["error", "evict_oldest"]
 DeleteMode = Literal["remove", "blank"]
@@ -144,7 +146,7 @@ def _bump(state: MemoryState, counter, amount=1) -> MemoryState:
 
 def _count_status(state: MemoryState, status: jax.Array) -> MemoryState:
   """Adds 1 to the error counter of a non-OK status."""
-  counter = _ERROR_COUNTER[status]
+  counter = jnp.asarray(_ERROR_COUNTER)[status]
   return state.replace(counts=state.counts.at[jnp.maximum(counter, 0)].add(
       (status != OK).astype(jnp.int32)))
 

@@ -89,7 +89,10 @@ class SFTBatches:
 
   All turns are packed once (first-fit decreasing into `seq_len` rows); each epoch visits
   every row once in an order drawn from `seed + epoch`; the last batch of an epoch is
-  filled with empty rows (no loss), so every batch has `rows` rows.
+  filled with empty rows (no loss), so every batch has `rows` rows. On several processes
+  `batch(step, part, parts)` builds only process `part`'s block of `rows // parts` rows of
+  that same global batch: the data a step sees does not depend on the number of hosts, so
+  a run resumes on a slice of another size exactly where it stopped.
   """
 
   def __init__(self, turns: Sequence[packing.Turn], *, rows: int, seq_len: int, seed: int,
@@ -105,19 +108,34 @@ class SFTBatches:
     self.batches_per_epoch = -(-self.num_rows // rows)
     self.truncated_prompt_tokens = int(self.packed.prompt_dropped.sum())
     self.pad_id = pad_id
+    self.row_tokens = np.sum(self.arrays["segment_ids"] != 0, axis=1)  # [num_rows]
 
   def position(self, step: int) -> dict[str, int]:
     return {"epoch": step // self.batches_per_epoch, "batch": step % self.batches_per_epoch}
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
+  def _rows(self, step: int) -> np.ndarray:
+    """Indices of the packed rows of global batch `step` (fewer than `rows` at an epoch's
+    end: the rest are empty rows)."""
     epoch, k = divmod(step, self.batches_per_epoch)
     order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-    idx = order[k * self.rows:(k + 1) * self.rows]
+    return order[k * self.rows:(k + 1) * self.rows]
+
+  def tokens(self, step: int) -> int:
+    """Non-padding tokens in the whole global batch `step` (every process's rows)."""
+    return int(self.row_tokens[self._rows(step)].sum())
+
+  def batch(self, step: int, part: int = 0, parts: int = 1) -> dict[str, np.ndarray]:
+    """Rows `part * rows // parts` .. of global batch `step` (all of it by default)."""
+    if parts <= 0 or self.rows % parts or not 0 <= part < parts:
+      raise ValueError(f"part {part} of {parts}: batch.rows={self.rows} must split into "
+                       f"{parts} equal parts")
+    n = self.rows // parts
+    idx = self._rows(step)[part * n:(part + 1) * n]
     out = {}
     for name, a in self.arrays.items():
       b = a[idx]
-      if len(idx) < self.rows:  # the epoch's last batch: empty rows (segment 0, no loss)
+      if len(idx) < n:  # past the epoch's last rows: empty rows (segment 0, no loss)
         fill = self.pad_id if name == "tokens" else 0
-        b = np.concatenate([b, np.full((self.rows - len(idx),) + a.shape[1:], fill, a.dtype)])
+        b = np.concatenate([b, np.full((n - len(idx),) + a.shape[1:], fill, a.dtype)])
       out[name] = b
     return out

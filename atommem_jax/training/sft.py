@@ -7,6 +7,10 @@ with the trained policy's own prompts; `data.source="jsonl"` reads trajectories 
 or logged rollouts filtered by `data.min_score`). Turns are packed once; batch `step` is a
 pure function of the step, so a run killed at any point resumes on the same batches and
 ends with the same parameters.
+
+On several processes every process builds the same packed turns and loads only its rows of
+each batch (`SFTBatches.batch(step, part, parts)`); the global batch, and so the run, is
+the same whatever the number of processes.
 """
 from __future__ import annotations
 
@@ -15,12 +19,11 @@ from typing import Callable
 
 import jax
 import ml_collections
-import numpy as np
 
 from atommem_jax.agent import build
 from atommem_jax.agent.rollout import RolloutEngine
 from atommem_jax.training import data as data_lib
-from atommem_jax.training import logs
+from atommem_jax.training import distributed
 from atommem_jax.training import trainer
 
 
@@ -33,7 +36,10 @@ def sft_turns(run: trainer.Run):
     trajs = data_lib.read_trajectories(paths)
     min_score = c.data.min_score if c.data.min_score >= 0 else None
     return data_lib.turns_of(trajs, vocab, min_score=min_score)
-  embed_fn, dim = build.build_embedder(c, model)
+  # A policy embedder embeds with the initial params (the same on a resumed run), a
+  # process-local copy of them: each process runs the teacher episodes on its own.
+  params = None if run.initial_params is None else run.local_params(run.initial_params)
+  embed_fn, dim = build.build_embedder(c, model, params=params)
   engine = RolloutEngine(build.rollout_config(c, c.method, dim), model.tokenizer, embed_fn)
   student = build.make_policy(c.method, model, c, c.seed)
   episodes = data_lib.synthetic_episodes(c, c.data.num_examples)
@@ -45,42 +51,42 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> 
   """Runs (or resumes) SFT to `c.steps` optimizer steps; returns a summary."""
   from tqdm.auto import tqdm
 
-  run = trainer.setup(c, echo)
+  run = trainer.setup(c, echo, keep_initial=c.embedder == "policy")
   t0 = time.perf_counter()
   turns, stats = sft_turns(run)
+  run.initial_params = None  # only the teacher episodes' policy embedder needed them
   pad = run.model.tokenizer.pad_token_id or 0
   batches = data_lib.SFTBatches(turns, rows=c.batch.rows, seq_len=c.batch.seq_len, seed=c.seed,
                                 max_segments=c.loss.max_segments,
                                 truncate=c.batch.truncate or None, pad_id=pad)
-  echo(f"[data] {stats.kept_episodes} of {stats.episodes} episodes, {stats.turns} turns "
+  run.echo(f"[data] {stats.kept_episodes} of {stats.episodes} episodes, {stats.turns} turns "
        f"({stats.prompt_tokens} prompt + {stats.response_tokens} response tokens) packed into "
        f"{batches.num_rows} rows of {c.batch.seq_len}: {batches.batches_per_epoch} batches per "
        f"epoch; {batches.truncated_prompt_tokens} prompt tokens cut to fit "
        f"({time.perf_counter() - t0:.1f}s)")
-  writer = logs.MetricsWriter(run.out, run.step)
   run.checkpointer.install_signal_handlers()
   stopped = False
-  bar = tqdm(total=c.steps, initial=min(run.step, c.steps), desc="sft", unit="step")
+  bar = tqdm(total=c.steps, initial=min(run.step, c.steps), desc="sft", unit="step",
+             disable=not distributed.is_main())
+  part, parts = jax.process_index(), jax.process_count()
   while run.step < c.steps:
     step = run.step
     start = time.perf_counter()
-    host = batches.batch(step)
+    host = batches.batch(step, part, parts)  # this process's rows
     run.state, metrics = run.train_step(run.state, run.shard_batch(host))
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     seconds = time.perf_counter() - start
     record = dict(step=step + 1, **metrics, **batches.position(step), seconds=seconds,
-                  tokens_per_second=float(np.sum(host["segment_ids"] != 0)) / seconds,
+                  tokens_per_second=batches.tokens(step) / seconds,
                   compiles=run.train_step.compiles)
     if (step + 1) % c.log_every == 0 or step + 1 == c.steps:
-      writer.write(record)
+      run.log(record)
     bar.update(1)
     bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
     meta = {"data": batches.position(step + 1), "algorithm": "sft"}
     run.save(meta)
-    if run.checkpointer.should_stop(run.step):
+    if distributed.any_process(run.checkpointer.should_stop(run.step)):
       stopped = True
       break
   bar.close()
-  return trainer.finish(run, writer, {"data": batches.position(run.step), "algorithm": "sft"},
-                        stopped)
-
+  return trainer.finish(run, {"data": batches.position(run.step), "algorithm": "sft"}, stopped)

@@ -147,12 +147,19 @@ def train_base() -> ml_collections.ConfigDict:
   c.batch = ml_collections.ConfigDict(dict(rows=8, seq_len=2048, micro_batches=1,
                                            truncate="prompt_head"))
 
-  # Training data. source: "synthetic" (generated CRUD tasks, seeded) or "jsonl" (SFT only:
-  # trajectories, e.g. a teacher's or logged rollouts, in `jsonl`, comma-separated paths).
+  # Training data. source: "synthetic" (generated CRUD tasks, seeded), "real" (the train
+  # splits of `datasets` in `data_dir`, never the dev files; SFT targets from the privileged
+  # teacher, agent/teacher.py) or "jsonl" (SFT only: trajectories, e.g. a teacher's or logged
+  # rollouts, in `jsonl`, comma-separated paths).
   c.data.source = "synthetic"
+  c.data.datasets = "hotpotqa,2wiki,musique"  # real: comma-separated
+  c.data.data_dir = ""  # real: "" = ../shared/data beside the repo
+  c.data.num_docs = 0  # real: documents per context (0 = each question's own paragraphs)
+  c.data.max_records = 0  # real: first records of each train file (0 = all)
   c.data.jsonl = ""
   c.data.min_score = -1.0  # jsonl: keep episodes whose exact_match >= min_score (rejection sampling)
-  c.data.num_examples = 64  # synthetic SFT: teacher episodes generated (seeded by data.seed)
+  c.data.num_examples = 64  # SFT: teacher episodes (synthetic: generated; real: first of the
+  # train episodes, 0 = all)
   c.data.seed = 1000  # synthetic tasks' seed (held-out evaluation uses other seeds)
   c.data.synthetic_chunks = 6
   c.data.synthetic_task = "mixed"  # chain (Update) | count (Delete) | mixed

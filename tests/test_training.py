@@ -141,3 +141,28 @@ def test_kill9_then_resume_is_bit_exact(config, steps, every):
                     "--config.grpo.group_size=2", "--config.sampling.max_new_tokens=16",
                     "--config.env.max_calls=4"] if "grpo" in config else [])
   assert resume_check.check(config, steps, every, extra) == 0.0
+
+
+def test_real_training_episodes_come_from_train_splits_in_a_seeded_order():
+  from configs import common
+
+  from atommem_jax.training import config as cfg_lib
+  from atommem_jax.training import data as data_lib
+
+  c = common.train_base()
+  c.data.source, c.data.datasets, c.data.max_records = "real", "hotpotqa,musique", 5
+  c.model.source, c.embedder = "tiny", "hashing"
+  c.sampling.max_prompt_tokens, c.env.chunk_size, c.env.overlap = 3000, 512, 0
+  cfg_lib.validate(c)
+  pool = data_lib.real_train_episodes(c)
+  assert len(pool) == 10 and {e.meta["dataset"] for e in pool} == {"hotpotqa", "musique"}
+  assert all(e.meta["supporting"] for e in pool)  # the teacher's labels
+  first = data_lib.training_episodes(c, 12, start=0)
+  assert [e.episode_id for e in first] == [e.episode_id for e in
+                                           data_lib.training_episodes(c, 12, start=0)]
+  assert {e.episode_id for e in first[:10]} == {e.episode_id for e in pool}  # one epoch each
+  assert [e.episode_id for e in data_lib.training_episodes(c, 2, start=10)] == \
+      [e.episode_id for e in first[10:]]
+  c.method = "memagent"
+  with pytest.raises(cfg_lib.ConfigError, match="data.source='real'"):
+    cfg_lib.validate(c)

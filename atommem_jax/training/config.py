@@ -18,7 +18,7 @@ from atommem_jax.training import step as step_lib
 
 ALGORITHMS = ("sft", "grpo")
 TRAINED_METHODS = ("atommem", "memagent")
-DATA_SOURCES = ("synthetic", "jsonl")
+DATA_SOURCES = ("synthetic", "real", "jsonl")
 
 
 def _positive(c: ml_collections.ConfigDict, key: str) -> None:
@@ -121,6 +121,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for p in paths:
       if not pathlib.Path(p).is_file():
         raise ConfigError(f"data.jsonl: {p} is not a file")
+  elif d.source == "real":
+    from atommem_jax.data import raw
+    from atommem_jax.training import data as data_lib
+
+    if c.method != "atommem":
+      raise ConfigError(f"data.source='real': the privileged teacher plays AtomMem; method "
+                        f"{c.method!r} has no real-data teacher")
+    names = data_lib.datasets(c)
+    if not names or any(n not in data_lib.REAL_DATASETS for n in names):
+      raise ConfigError(f"data.datasets must list datasets from {data_lib.REAL_DATASETS}, got "
+                        f"{d.datasets!r}")
+    if d.num_docs < 0 or d.max_records < 0 or d.num_examples < 0:
+      raise ConfigError("data.num_docs, data.max_records and data.num_examples must be >= 0")
+    for n in names:
+      try:
+        path = raw.find_train_file(n, data_lib.data_dir(c))
+      except FileNotFoundError as e:
+        raise ConfigError(f"data.datasets={n!r}: {e}") from None
+      if raw.is_dev_file(path):
+        raise ConfigError(f"data.datasets={n!r}: {path} is a dev file (kept for evaluation)")
   else:
     from atommem_jax.agent import oracle
 

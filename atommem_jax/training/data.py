@@ -10,6 +10,7 @@ the step: a resumed run continues on exactly the batch it would have seen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Sequence
 
@@ -21,8 +22,10 @@ from atommem_jax.agent.environment import Episode
 from atommem_jax.agent.trajectory import Trajectory, read_jsonl
 from atommem_jax.training import packing
 
-# The scripted teacher of each trained method on synthetic tasks.
+# The scripted teacher of each trained method on synthetic tasks (on real data the
+# privileged teacher of agent/teacher.py plays AtomMem).
 TEACHERS = {"atommem": "oracle", "memagent": "scratchpad_only"}
+REAL_DATASETS = ("hotpotqa", "2wiki", "musique")
 
 
 def synthetic_episodes(c: ml_collections.ConfigDict, n: int, start: int = 0) -> list[Episode]:
@@ -31,12 +34,66 @@ def synthetic_episodes(c: ml_collections.ConfigDict, n: int, start: int = 0) -> 
   return oracle.episodes_of(cfg, c.data.seed, n, start=start)
 
 
+def datasets(c: ml_collections.ConfigDict) -> list[str]:
+  return [d.strip() for d in str(c.data.datasets).split(",") if d.strip()]
+
+
+def data_dir(c: ml_collections.ConfigDict) -> pathlib.Path:
+  root = pathlib.Path(__file__).resolve().parents[2]
+  return pathlib.Path(c.data.data_dir) if c.data.data_dir else root.parent / "shared" / "data"
+
+
+def real_train_episodes(c: ml_collections.ConfigDict) -> list[Episode]:
+  """Every train-split episode of `data.datasets` (never a dev file), in a fixed order:
+  `data.num_docs` MemAgent-style documents (0 = each question's own paragraphs)."""
+  return list(_real_train_episodes(tuple(datasets(c)), str(data_dir(c)), c.data.num_docs,
+                                   c.data.max_records, c.data.seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _real_train_episodes(names: tuple[str, ...], root: str, num_docs: int, max_records: int,
+                         seed: int) -> tuple[Episode, ...]:
+  from atommem_jax.agent import episodes as episodes_lib
+
+  out: list[Episode] = []
+  for d in names:
+    out += episodes_lib.train_episodes(d, root, num_docs, max_examples=max_records,
+                                       seed=42 + seed)
+  return tuple(out)
+
+
+def training_episodes(c: ml_collections.ConfigDict, n: int, start: int = 0) -> list[Episode]:
+  """Episodes `start .. start + n - 1` of the config's training stream: synthetic tasks, or
+  the real train episodes cycled epoch by epoch in an order drawn from (data.seed, epoch)."""
+  if c.data.source == "synthetic":
+    return synthetic_episodes(c, n, start)
+  pool = real_train_episodes(c)
+  out = []
+  for i in range(start, start + n):
+    epoch, k = divmod(i, len(pool))
+    order = np.random.default_rng([c.data.seed, epoch]).permutation(len(pool))
+    out.append(pool[order[k]])
+  return out
+
+
+def make_teacher(method: str, source: str):
+  """The scripted teacher of `method` for a data source."""
+  if source == "real":
+    from atommem_jax.agent import teacher
+
+    if method != "atommem":
+      raise ValueError(f"no real-data teacher for method {method!r} (the privileged teacher "
+                       "plays AtomMem)")
+    return teacher.make_teacher()
+  return oracle.make_scripted_policy(TEACHERS[method])
+
+
 def teacher_trajectories(engine, student, method: str, episodes: Sequence[Episode],
-                         batch_size: int = 16) -> list[Trajectory]:
+                         batch_size: int = 16, source: str = "synthetic") -> list[Trajectory]:
   """The scripted teacher of `method` on `episodes`, rendered with `student`'s prompts."""
   from atommem_jax.agent import policies
 
-  teacher = policies.RenderedTeacher(oracle.make_scripted_policy(TEACHERS[method]), student)
+  teacher = policies.RenderedTeacher(make_teacher(method, source), student)
   out: list[Trajectory] = []
   for k in range(0, len(episodes), batch_size):
     out += engine.run(list(episodes[k:k + batch_size]), teacher).trajectories

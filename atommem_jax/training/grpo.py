@@ -190,7 +190,7 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   while run.step < c.steps and not stopped:
     # 1. sample this process's questions (a process-local copy of the current params)
     t0 = time.perf_counter()
-    episodes = data_lib.synthetic_episodes(c, share.stop - share.start,
+    episodes = data_lib.training_episodes(c, share.stop - share.start,
                                            start=iteration * g.questions_per_step + share.start)
     if rollouts_fn is not None:
       trajs = rollouts_fn(iteration, episodes)

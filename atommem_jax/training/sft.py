@@ -3,8 +3,10 @@
 
 Data: `data.source="synthetic"` runs the method's scripted teacher (`training/data.py`
 TEACHERS) on `data.num_examples` seeded synthetic tasks through the rollout engine, rendered
-with the trained policy's own prompts; `data.source="jsonl"` reads trajectories (a teacher's,
-or logged rollouts filtered by `data.min_score`). Turns are packed once; batch `step` is a
+with the trained policy's own prompts; `data.source="real"` runs the privileged teacher
+(`agent/teacher.py`) on the train splits of `data.datasets` (never the dev files);
+`data.source="jsonl"` reads trajectories (a teacher's, or logged rollouts filtered by
+`data.min_score`). Turns are packed once; batch `step` is a
 pure function of the step, so a run killed at any point resumes on the same batches and
 ends with the same parameters.
 
@@ -42,8 +44,13 @@ def sft_turns(run: trainer.Run):
   embed_fn, dim = build.build_embedder(c, model, params=params)
   engine = RolloutEngine(build.rollout_config(c, c.method, dim), model.tokenizer, embed_fn)
   student = build.make_policy(c.method, model, c, c.seed)
-  episodes = data_lib.synthetic_episodes(c, c.data.num_examples)
-  trajs = data_lib.teacher_trajectories(engine, student, c.method, episodes)
+  if c.data.source == "real":
+    pool = data_lib.real_train_episodes(c)
+    episodes = pool[:c.data.num_examples] if c.data.num_examples else pool
+  else:
+    episodes = data_lib.synthetic_episodes(c, c.data.num_examples)
+  trajs = data_lib.teacher_trajectories(engine, student, c.method, episodes,
+                                        source=c.data.source)
   return data_lib.turns_of(trajs, vocab)
 
 

@@ -13,9 +13,12 @@ same process with fresh noise.
 Per size it prints: exact brute-force latency (numpy, score desc, ties by id) for a batch of
 queries; ScannStore latency for the same batch (exact below its ANN threshold, ScaNN
 tree + AH + exact reordering above) and recall@10 against the exact top-10; the build
-(bulk load + index); and the mean cost of one create / update / delete including syncing
+(bulk load + index); and the median cost of one create / update / delete including syncing
 the index to the new version. Then ops/s of `jax.jit(jax.vmap(apply))` at batch 64 against
-a per-state loop of `jax.jit(apply)`, measured in the same run.
+a per-state loop of `jax.jit(apply)` over the same ops, measured in the same run.
+Every comparison is symmetric: both sides get one untimed warm-up call on the same input,
+then `--repeats` timed runs, and the median is reported (the mode column says which path,
+exact or ScaNN, served the store's reads, from the store's own counter).
 Targets (DESIGN / issue 3): at 1e6, recall@10 >= 0.95 and >= 10x faster than exact.
 """
 from __future__ import annotations
@@ -59,19 +62,23 @@ def exact_topk(x: np.ndarray, q: np.ndarray, k: int, chunk: int = 64) -> np.ndar
   return out
 
 
-def timed(fn, repeat: int = 1):
-  best, result = float("inf"), None
-  for _ in range(repeat):
+def timed(fn, repeats: int):
+  """(median seconds over `repeats` calls, the last result); the caller warms up first."""
+  if repeats < 1:
+    raise ValueError(f"repeats must be >= 1, got {repeats}")
+  times, result = [], None
+  for _ in range(repeats):
     t0 = time.perf_counter()
     result = fn()
-    best = min(best, time.perf_counter() - t0)
-  return best, result
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times)), result
 
 
 def bench_store(n: int, args, centres: np.ndarray, rng: np.random.Generator) -> dict:
   x = clustered(n, args.dim, centres, args.noise, rng)
   q = clustered(args.queries, args.dim, centres, args.noise, rng)
-  t_exact, want = timed(lambda: exact_topk(x, q, args.k), repeat=2 if n <= 100_000 else 1)
+  exact_topk(x, q[:64], args.k)  # warm-up, as the store gets below
+  t_exact, want = timed(lambda: exact_topk(x, q, args.k), args.repeats)
   ann = AnnConfig(ann_threshold=args.ann_threshold, leaves_to_search_frac=args.probe,
                   reorder=args.reorder)
   t0 = time.perf_counter()
@@ -80,8 +87,14 @@ def bench_store(n: int, args, centres: np.ndarray, rng: np.random.Generator) -> 
   t_build = time.perf_counter() - t0
   del x
   gc.collect()
-  store.search(q[:8], args.k)  # warm up
-  t_store, (got, _) = timed(lambda: store.search(q, args.k), repeat=3)
+  store.search(q[:64], args.k)  # warm-up
+  served = store.reads_served
+  t_store, (got, _) = timed(lambda: store.search(q, args.k), args.repeats)
+  served = {p: c - served[p] for p, c in store.reads_served.items()}
+  path = "ann" if served["ann"] else "exact"
+  if served != {"exact": 0, "ann": 0, path: args.repeats * len(q)}:
+    raise RuntimeError(f"n={n}: the timed reads went through both paths: {served}")
+  mode = {"ann": "scann", "exact": "exact"}[path]
   recall = float(np.mean([len(set(g) & set(w)) / args.k for g, w in zip(got, want)]))
   # Single writes, each followed by an index sync (what the next read would pay). Median
   # per op: the mean over a few ops would be dominated by one amortised buffer growth.
@@ -103,7 +116,7 @@ def bench_store(n: int, args, centres: np.ndarray, rng: np.random.Generator) -> 
     s = s.delete(i).sync()
     t_delete.append(time.perf_counter() - t0)
   t_create, t_update, t_delete = (float(np.median(t)) for t in (t_create, t_update, t_delete))
-  return dict(n=n, mode="scann" if store.uses_ann else "exact", exact_ms=1e3 * t_exact,
+  return dict(n=n, mode=mode, exact_ms=1e3 * t_exact,
               store_ms=1e3 * t_store, speedup=t_exact / t_store, recall=recall,
               build_s=t_build, create_us=1e6 * t_create, update_us=1e6 * t_update,
               delete_us=1e6 * t_delete)
@@ -136,10 +149,9 @@ def bench_device(args, capacity: int) -> dict:
     jax.block_until_ready(status)
     return time.perf_counter() - t0
 
-  t_v = min(run_vmapped() for _ in range(2))
   single = jax.jit(functools.partial(S.apply, config=cfg), donate_argnums=0)
-  loop_steps = max(1, steps // 4)
-  per = [[jax.tree.map(lambda x, r=r: x[r], ops) for r in range(b)] for ops in batches[:loop_steps]]
+  # The same ops, row by row: both sides apply every op of every step.
+  per = [[jax.tree.map(lambda x, r=r: x[r], ops) for r in range(b)] for ops in batches]
   jax.block_until_ready(single(S.init_state(cfg), per[0][0]))
 
   def run_loop():
@@ -152,9 +164,10 @@ def bench_device(args, capacity: int) -> dict:
     jax.block_until_ready(ss)
     return time.perf_counter() - t0
 
-  t_l = run_loop()
+  t_v = float(np.median([run_vmapped() for _ in range(args.repeats)]))
+  t_l = float(np.median([run_loop() for _ in range(args.repeats)]))
   vm_ops = b * m * steps / t_v
-  loop_ops = b * m * loop_steps / t_l
+  loop_ops = b * m * steps / t_l
   return dict(vmapped_ops_s=vm_ops, loop_ops_s=loop_ops, ratio=vm_ops / loop_ops,
               step_ms=1e3 * t_v / steps)
 
@@ -174,6 +187,8 @@ def main(argv=None) -> None:
   p.add_argument("--write-ops", type=int, default=100)
   p.add_argument("--capacity", default="64,256,1024", help="device MemoryState capacities")
   p.add_argument("--device-steps", type=int, default=20)
+  p.add_argument("--repeats", type=int, default=3,
+                 help="timed runs per side of every comparison (median reported)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   sizes = [int(float(s)) for s in args.sizes.split(",") if s]
@@ -182,7 +197,8 @@ def main(argv=None) -> None:
   centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   print(f"# dim={args.dim} queries/batch={args.queries} k={args.k} clusters={args.clusters} "
         f"noise={args.noise} ann_threshold={args.ann_threshold} probe={args.probe} "
-        f"reorder={args.reorder} cpus={os.cpu_count()} jax={jax.__version__}")
+        f"reorder={args.reorder} repeats={args.repeats} (median) cpus={os.cpu_count()} "
+        f"jax={jax.__version__} load={os.getloadavg()[0]:.1f}")
   head = (f"{'entries':>9} {'mode':>6} {'exact ms':>9} {'store ms':>9} {'speedup':>8} "
           f"{'recall@k':>8} {'build s':>8} {'create us':>10} {'update us':>10} {'delete us':>10}")
   print(head)

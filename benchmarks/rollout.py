@@ -1,6 +1,6 @@
 """Rollout engine benchmark: flat per-section cost in document length; batched vs serial.
 
-  python benchmarks/rollout.py            # full run (a few minutes on 2 CPU cores)
+  python benchmarks/rollout.py            # full run (about 3 minutes on 2 idle CPU cores)
   python benchmarks/rollout.py --quick    # smaller sizes, for a smoke check
 
 Part 1 reads the first sections of documents of 8K, 32K, 128K and 1M tokens with a tiny
@@ -12,27 +12,37 @@ twice: as one GRPO group (B = 1, G = 32: one question, so the rows share the sys
 prompt and the question, different documents so the trajectories differ) and as 32
 distinct questions (B = 32, G = 1: the rows share only the system prompt). The batched
 engine prefills the head common to a batch once (`generate(share_prefix=True)`).
-Compile time is excluded from both parts by a warm-up run and reported separately.
+
+Compilation is excluded from every timing, on both sides: a warm-up run with the same inputs
+(greedy decoding, so the same shapes) precedes `--repeats` timed runs (median reported),
+XLA compiles are counted through `jax.monitoring`, the compile time of each warm-up is
+reported apart, and a timed run that compiled anything is an error. Before a ratio is
+printed, the batched and serial trajectories are asserted identical (prompt ids, response
+ids and answers of every step), as are the timed runs with their warm-up.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import pathlib
 import sys
 import tempfile
 import time
+from typing import Callable, Iterator, Sequence
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from atommem_jax.agent import environment as env_lib  # noqa: E402
 from atommem_jax.agent import policies as pol  # noqa: E402
 from atommem_jax.agent.rollout import RolloutConfig, RolloutEngine  # noqa: E402
+from atommem_jax.agent.trajectory import Trajectory  # noqa: E402
 from atommem_jax.memory import state as mem_lib  # noqa: E402
 from atommem_jax.memory.embedder import HashingEmbedder  # noqa: E402
 from atommem_jax.models import config as model_config  # noqa: E402
@@ -41,6 +51,82 @@ from atommem_jax.models.transformer import init_params  # noqa: E402
 
 WORDS = ("the river city museum painter born founded married director album station war king "
          "island bridge novel company film team river capital mountain school church").split()
+
+# ---------------------------------------------------------------------- compile accounting
+
+_COMPILE = {"count": 0, "seconds": 0.0}
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+def _on_event(event: str, seconds: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    _COMPILE["seconds"] += seconds
+  if event == _COMPILE_EVENTS[-1]:
+    _COMPILE["count"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@dataclasses.dataclass
+class Timing:
+  wall: float = 0.0  # seconds
+  compiles: int = 0  # XLA programs compiled inside
+  compile_s: float = 0.0  # tracing + lowering + XLA compile seconds inside
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Timing]:
+  """Wall time and the compiles that happened inside the block."""
+  t = Timing()
+  count, secs = _COMPILE["count"], _COMPILE["seconds"]
+  t0 = time.perf_counter()
+  yield t
+  t.wall = time.perf_counter() - t0
+  t.compiles, t.compile_s = _COMPILE["count"] - count, _COMPILE["seconds"] - secs
+
+
+def warm_then_time(run: Callable[[], list[Trajectory]], what: str, repeats: int
+                   ) -> tuple[list[Trajectory], Timing, float]:
+  """A warm-up run that compiles every shape the run uses, then `repeats` timed runs,
+  none of which may compile anything (else its time would include compilation) or
+  produce other trajectories. Returns (trajectories, warm-up timing, median seconds)."""
+  with timed() as warm:
+    first = run()
+  walls = []
+  for _ in range(repeats):
+    with timed() as t:
+      out = run()
+    if t.compiles:
+      raise RuntimeError(f"{what}: a timed run compiled {t.compiles} programs "
+                         f"({t.compile_s:.1f}s) after its warm-up; its time is not steady state")
+    assert_same(out, first)
+    walls.append(t.wall)
+  return first, warm, float(np.median(walls))
+
+
+def assert_same(batched: Sequence[Trajectory], serial: Sequence[Trajectory]) -> None:
+  """Batched and one-at-a-time runs must produce the same trajectories, step by step."""
+  if len(batched) != len(serial):
+    raise AssertionError(f"{len(batched)} batched vs {len(serial)} serial trajectories")
+  for x, y in zip(batched, serial):
+    if x.answers != y.answers:
+      raise AssertionError(f"episode {x.episode_id}: answers {x.answers} (batched) != "
+                           f"{y.answers} (serial)")
+    if len(x.steps) != len(y.steps):
+      raise AssertionError(f"episode {x.episode_id}: {len(x.steps)} batched steps vs "
+                           f"{len(y.steps)} serial")
+    for s, t in zip(x.steps, y.steps):
+      for field in ("prompt_ids", "response_ids"):
+        if getattr(s, field) != getattr(t, field):
+          raise AssertionError(f"episode {x.episode_id} step {s.index}: {field} differ "
+                               f"(batched {getattr(s, field)[:16]}..., serial "
+                               f"{getattr(t, field)[:16]}...)")
+
+
+# ---------------------------------------------------------------------------- the workload
 
 
 def filler_document(tok, n_tokens: int, seed: int) -> str:
@@ -65,6 +151,8 @@ def main(argv=None):
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--chunk_size", type=int, default=512)
   ap.add_argument("--new_tokens", type=int, default=32)
+  ap.add_argument("--repeats", type=int, default=3,
+                  help="timed runs per measurement, on both sides (median reported)")
   a = ap.parse_args(argv)
   sizes = [8_000, 32_000, 128_000, 1_000_000] if not a.quick else [8_000, 32_000]
   sections = 6 if not a.quick else 3
@@ -78,17 +166,18 @@ def main(argv=None):
                                 max_prompt_tokens=2048)
 
   def policy():
-    return pol.AtomMemPolicy(pol.LMClient(mc, params, tok, sampling), max_memory_chars=300)
+    return pol.AtomMemPolicy(pol.LMClient(mc, tok, sampling), max_memory_chars=300)
+
+  def run(engine: RolloutEngine, episodes: list[env_lib.Episode]) -> list[Trajectory]:
+    return engine.run(episodes, policy(), params=params).trajectories
+
+  print(f"# {os.cpu_count()} CPUs, jax {jax.__version__}, backend {jax.default_backend()}, "
+        f"load average {os.getloadavg()[0]:.1f}")
 
   # Part 1: per-section wall time vs document length.
   print(f"Part 1: per-section time, tiny model, chunk {a.chunk_size} tokens, "
         f"first {sections} sections, {a.new_tokens} new tokens per call")
   eng = make_engine(tok, emb, a.chunk_size, max_calls=sections)
-  warm = env_lib.Episode("warm", ("Who founded the museum?",), (("x",),),
-                         filler_document(tok, 4 * a.chunk_size, 99))
-  t0 = time.perf_counter()
-  eng.run([warm], policy())
-  print(f"  warm-up (compile) {time.perf_counter() - t0:.1f}s")
   rows = []
   for n in sizes:
     t0 = time.perf_counter()
@@ -97,20 +186,18 @@ def main(argv=None):
     # Tokenising + splitting the document is a one-off O(document) cost, timed apart; the
     # episode then carries its sections so the timed run measures the steps alone.
     secs = tuple(eng.sections(ep))
-    n_sections = len(secs)
     ep = dataclasses.replace(ep, sections=secs)
     prep = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    [traj] = eng.run([ep], policy())
-    dt = time.perf_counter() - t0
-    per = dt / len(traj.steps)
+    [traj], warm, wall = warm_then_time(lambda: run(eng, [ep]), f"part 1, {n} tokens",
+                                        a.repeats)
     plen = max(len(s.prompt_ids) for s in traj.steps)
-    rows.append((n, n_sections, len(traj.steps), per, plen, prep))
+    rows.append((n, len(secs), len(traj.steps), wall / len(traj.steps), plen, prep, warm))
   base = min(r[3] for r in rows)
   print(f"  {'doc tokens':>10} {'sections':>8} {'calls':>5} {'s/section':>9} {'ratio':>6} "
-        f"{'max prompt':>10} {'tokenise+split s':>16}")
-  for n, ns, calls, per, plen, prep in rows:
-    print(f"  {n:>10,} {ns:>8} {calls:>5} {per:>9.3f} {per / base:>6.2f} {plen:>10} {prep:>16.1f}")
+        f"{'max prompt':>10} {'tokenise+split s':>16} {'warm-up compiles':>16}")
+  for n, ns, calls, per, plen, prep, warm in rows:
+    print(f"  {n:>10,} {ns:>8} {calls:>5} {per:>9.3f} {per / base:>6.2f} {plen:>10} "
+          f"{prep:>16.1f} {warm.compiles:>5} ({warm.compile_s:.1f}s)")
   flat = max(r[3] for r in rows) / base
   print(f"  max/min per-section time: {flat:.2f}x (target <= 1.2x)")
 
@@ -126,22 +213,22 @@ def main(argv=None):
     eps = [env_lib.Episode(f"e{i}", (question(i),), (("x",),),
                            filler_document(tok, 4 * a.chunk_size - 64, seed=i))
            for i in range(n_eps)]
-    t0 = time.perf_counter()
-    eng2.run(eps[:2], policy())  # warm-up: compiles batch buckets 1 and 2
-    eng2.run(eps, policy())  # compiles the bucket of 32
-    print(f"  warm-up (compile) {time.perf_counter() - t0:.1f}s")
-    t0 = time.perf_counter()
-    batched = eng2.run(eps, policy())
-    tb = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    serial = [eng2.run([e], policy())[0] for e in eps]
-    ts = time.perf_counter() - t0
-    same = all([s.response_text for s in x.steps] == [s.response_text for s in y.steps]
-               for x, y in zip(batched, serial))
-    print(f"  batched:   {n_eps / tb:7.2f} episodes/s ({tb:.1f}s)")
-    print(f"  one-by-one:{n_eps / ts:7.2f} episodes/s ({ts:.1f}s)")
-    print(f"  ratio batched/serial: {ts / tb:.2f}x (target >= 5x); identical greedy "
-          f"trajectories: {same}")
+    batched, bw, tb = warm_then_time(lambda: run(eng2, eps), "batched", a.repeats)
+    serial, sw, ts = warm_then_time(lambda: [t for e in eps for t in run(eng2, [e])], "serial",
+                                    a.repeats)
+    assert_same(batched, serial)
+    calls = sum(len(t.steps) for t in batched)
+    reading = sum(s.phase == env_lib.READING for t in batched for s in t.steps)
+    print(f"  warm-up (excluded): batched {bw.wall:.1f}s, {bw.compiles} compiles "
+          f"({bw.compile_s:.1f}s); one-by-one {sw.wall:.1f}s, {sw.compiles} compiles "
+          f"({sw.compile_s:.1f}s)")
+    print(f"  batched:   {n_eps / tb:7.2f} episodes/s ({tb:.2f}s, median of {a.repeats}, "
+          "0 compiles)")
+    print(f"  one-by-one:{n_eps / ts:7.2f} episodes/s ({ts:.2f}s, median of {a.repeats}, "
+          "0 compiles)")
+    print(f"  trajectories identical (prompt ids, response ids, answers): {calls} model calls, "
+          f"{reading} reading, {calls - reading} answering")
+    print(f"  ratio batched/serial: {ts / tb:.2f}x (target >= 5x)")
 
 
 if __name__ == "__main__":

@@ -138,13 +138,30 @@ class ScannBackend:
       return e.code
 
   def read(self, q, k):
-    return self.store.read(q, k)
+    """Reads, and checks which path served the read: ScaNN tree + AH exactly when the
+    version holds >= ann_threshold entries, numpy brute force otherwise."""
+    before = self.store.reads_served
+    out = self.store.read(q, k)
+    path = "ann" if len(self.store) >= self.ann.ann_threshold else "exact"
+    served = {p: n - before[p] for p, n in self.store.reads_served.items()}
+    want = {"exact": 0, "ann": 0, **({path: 1} if len(self.store) else {})}
+    assert served == want, (len(self.store), served)
+    if path == "ann":
+      config = self.store.index_config
+      assert "partitioning {" in config and "asymmetric_hash {" in config, config
+    SERVED[path] += int(bool(len(self.store)))
+    return out
+
+
+# Reads served per path over one test (reset by each test): proves the ANN test read via ANN.
+SERVED = {"exact": 0, "ann": 0}
 
 
 class ScannAnnBackend(ScannBackend):
   """The ScaNN tree + AH path from 20 entries on (AH needs >= 16 training points), probing
   every leaf and re-scoring every candidate: then it must equal the reference exactly, so
-  the contract checks the ScaNN plumbing (docids, upsert, delete, rebuilds, old versions)."""
+  the contract checks the ScaNN plumbing (docids, upsert, delete, rebuilds, old versions).
+  Each read asserts that the searcher serving it is ScaNN's (see `ScannBackend.read`)."""
 
   ann = AnnConfig(ann_threshold=20, leaves_to_search_frac=1.0, min_leaves_to_search=1,
                   reorder=1000, rebuild_growth=1.5)
@@ -211,15 +228,22 @@ def _machine(backend, overflow, **attrs):
 @pytest.mark.parametrize("overflow", ["error", "evict_oldest"])
 @pytest.mark.parametrize("backend", [DeviceBackend, ScannBackend], ids=["device", "scann"])
 def test_contract(backend, overflow):
+  SERVED.update(exact=0, ann=0)
   machine = _machine(backend, overflow)
   machine.TestCase.settings = _SETTINGS
   machine.TestCase("runTest").runTest()
+  if backend is ScannBackend:  # below 20,000 entries every read is exact
+    assert SERVED["ann"] == 0 and SERVED["exact"] > 0, SERVED
 
 
 @pytest.mark.parametrize("overflow", ["error", "evict_oldest"])
 @pytest.mark.parametrize("backend", [DeviceBackend, ScannAnnBackend], ids=["device", "scann_ann"])
 def test_contract_above_the_ann_threshold(backend, overflow):
-  """24 entries to start, capacity 26: ScaNN's tree + AH serve every read, overflow is near."""
+  """24 entries to start, capacity 26: ScaNN's tree + AH serve every read of a version with
+  >= 20 entries (asserted per read), overflow is near."""
+  SERVED.update(exact=0, ann=0)
   machine = _machine(backend, overflow, capacity=26, prefill=24)
   machine.TestCase.settings = settings(max_examples=12, stateful_step_count=20, deadline=None)
   machine.TestCase("runTest").runTest()
+  if backend is ScannAnnBackend:  # deletes may take a version below 20; most reads are ANN
+    assert SERVED["ann"] > SERVED["exact"], SERVED

@@ -218,9 +218,17 @@ def test_bfloat16_params_and_compute():
   params16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params32)
   ids = _ids((2, 6))
   l32 = tr.forward(config32, params32, ids)
-  l16 = tr.forward(config16, params16, ids)
+  l16 = tr.forward(config16, params16, ids)  # [B, T, V]
   assert l16.dtype == jnp.float32
-  assert float(jnp.max(jnp.abs(l16 - l32))) < 0.05 * float(jnp.max(jnp.abs(l32))) + 0.05
+  # Relative bounds (bf16 keeps 8 mantissa bits, eps 2**-8 = 0.4%; measured: 0.8% on the
+  # logits, log-prob error 0.7% of their spread): an absolute bound on raw logits would
+  # hold for any error small next to the logits' scale, which a random model sets.
+  rel = float(jnp.linalg.norm(l16 - l32) / jnp.linalg.norm(l32))
+  assert rel < 0.02, f"bf16 logits off by {rel:.2%} (relative L2)"
+  lp32, lp16 = jax.nn.log_softmax(l32), jax.nn.log_softmax(l16)  # [B, T, V]
+  spread = float(jnp.min(jnp.max(lp32, -1) - jnp.min(lp32, -1)))  # narrowest row's range
+  err = float(jnp.max(jnp.abs(lp16 - lp32)))
+  assert err < 0.02 * spread, f"bf16 log-probs off by {err:.4f}, spread {spread:.4f}"
   cache = tr.init_cache(config16, 2, 8)
   assert {a.dtype for a in cache.k + cache.v} == {jnp.dtype(jnp.bfloat16)}
 

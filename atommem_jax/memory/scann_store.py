@@ -157,6 +157,8 @@ class _Shared:
   next_id: list[int] = dataclasses.field(default_factory=lambda: [0])  # per version
   size: list[int] = dataclasses.field(default_factory=lambda: [0])  # live entries per version
   cache: _Cache | None = None
+  # Queries answered per search path, over every version: proves which path served a read.
+  reads: dict[str, int] = dataclasses.field(default_factory=lambda: {"exact": 0, "ann": 0})
   lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
   def add_version(self, parent: int, op: tuple[int, int, int, int], next_id: int, size: int) -> int:
@@ -293,6 +295,19 @@ class ScannStore:
     """Whether reads of this version go through ScaNN (vs exact brute force)."""
     return len(self) >= self._s.ann.ann_threshold
 
+  @property
+  def reads_served(self) -> dict[str, int]:
+    """Queries answered so far by each path ("exact" numpy, "ann" ScaNN tree + AH), over
+    every version of this store (a copy)."""
+    return dict(self._s.reads)
+
+  @property
+  def index_config(self) -> str | None:
+    """The text config of the ScaNN searcher serving this version; None when exact."""
+    with self._s.lock:
+      searcher = self._cache().searcher
+    return None if searcher is None else searcher.config()
+
   def _cache(self) -> _Cache:
     return self._s.sync(self._v)
 
@@ -383,6 +398,7 @@ class ScannStore:
       scores_out = np.full((len(q), k), -np.inf, np.float32)
       if n == 0:
         return ids_out, scores_out
+      self._s.reads["exact" if cache.searcher is None else "ann"] += len(q)
       if cache.searcher is None:
         cand_ids = np.broadcast_to(cache.ids[:n], (len(q), n))  # [Q, n]
         cand_scores = q @ cache.mat[:n].T  # [Q, n]

@@ -127,6 +127,27 @@ def active_rules() -> tuple[Mesh, Rules] | None:
   return None if active is None else (active.mesh, active.rules)
 
 
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "atommem_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str) -> Iterator[None]:
+  """Trace for `platform` ("tpu", "gpu", "cpu") instead of the local default backend: the
+  model picks a few layouts per platform at trace time, and launch/aot.py traces on a CPU
+  host what a TPU will run."""
+  token = _PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _PLATFORM.reset(token)
+
+
+def platform() -> str:
+  """The platform being traced for: `target_platform`'s, else `jax.default_backend()`."""
+  return _PLATFORM.get() or jax.default_backend()
+
+
 def constrain(x: Array, names: Sequence[str | None]) -> Array:
   """`x` with a sharding constraint from the active rules; `x` itself when none are active."""
   active = _ACTIVE.get()

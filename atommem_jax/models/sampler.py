@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from atommem_jax.models import transformer
+from atommem_jax.models import partitioning, transformer
 from atommem_jax.models.config import ModelConfig
 
 # Powers of two up to 256, then alternating 1.5x and 1.33x steps: a prompt (or the suffix
@@ -270,7 +270,7 @@ def _unstack_weights() -> bool:
   slicing alone). Accelerators fuse the slice into the matmul and cannot spare the memory
   for a second copy of an 8B model, so they slice in the loop.
   """
-  return jax.default_backend() == "cpu"
+  return partitioning.platform() == "cpu"
 
 
 @functools.partial(jax.jit, static_argnames=("config", "opts", "pad_id"), donate_argnums=(2,))

@@ -299,7 +299,7 @@ CPU_SCORE_TILE_BYTES = 8 << 20
 def _attention_rows_per_pass(batch: int, heads: int, queries: int, keys: int) -> int:
   """How many batch rows `_prefill_attention` gives one pass: all of them off CPU; on CPU as
   many as keep the score tile within CPU_SCORE_TILE_BYTES (at least 1)."""
-  if jax.default_backend() != "cpu":
+  if partitioning.platform() != "cpu":
     return batch
   tile = heads * min(queries, PREFILL_QUERY_BLOCK) * keys * 4
   return max(1, min(batch, CPU_SCORE_TILE_BYTES // tile))

@@ -178,7 +178,8 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   b_sh = sharding.batch_sharding(run.mesh, run.rules)
   p_sh = run.state_shardings.params
   logprob_fn = step_lib.make_logprob_fn(model.config, chunk_size=c.loss.chunk_size,
-                                        param_shardings=p_sh, batch_sharding=b_sh)
+                                        param_shardings=p_sh, batch_sharding=b_sh,
+                                        mesh=run.mesh, rules=run.rules)
   ref_params = run.initial_params  # the frozen reference: the starting policy (None: no KL)
   fields = run.train_step.loss.fields
   pad = model.tokenizer.pad_token_id or 0

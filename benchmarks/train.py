@@ -52,6 +52,7 @@ import dataclasses
 import functools
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import sys
@@ -482,6 +483,44 @@ def sft_section(args: argparse.Namespace, threads: int) -> list[Row]:
   return rows
 
 
+# ----------------------------------------------------------------------------- GRPO
+
+
+def grpo_section(iterations: int) -> None:
+  """Where one GRPO step's time goes: sampling the rollouts (the rollout engine + sampler),
+  the trainer's recomputation of old (and reference) log-probs, and the update, from the
+  learner's own per-iteration timings on the tiny CPU config (2 questions x 4 rollouts)."""
+  import tempfile
+
+  import numpy as np
+
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from configs import tiny_cpu_grpo
+
+  from atommem_jax.training import grpo, logs
+
+  with tempfile.TemporaryDirectory() as tmp:
+    c = tiny_cpu_grpo.get_config()
+    c.output_dir, c.warm_start.sft_steps = tmp, 0
+    c.grpo.questions_per_step, c.grpo.group_size = 2, 4
+    c.batch.rows, c.batch.seq_len, c.checkpoint_every = 64, 768, 10_000  # <= 64 turns: 1 minibatch
+    c.sampling.max_new_tokens, c.sampling.max_answer_tokens, c.env.max_calls = 32, 8, 6
+    c.steps, c.export_hf = iterations, False  # one minibatch, one epoch: a step per iteration
+    grpo.train(c, echo=lambda s: None)
+    records = logs.read_metrics(pathlib.Path(tmp) / "metrics.jsonl")
+  last = {r["iteration"]: r for r in records}  # an iteration's last step: its cumulative times
+  per_iteration = [last[i] for i in sorted(last)]
+  warm = per_iteration[1:] or per_iteration  # the first iteration compiles sampler and step
+  parts = {k: float(np.median([r[k] for r in warm]))
+           for k in ("sampling_seconds", "logprob_seconds", "update_seconds")}
+  total = sum(parts.values())
+  print(f"\nGRPO step (tiny CPU config, 2 questions x 4 rollouts, {records[-1]['rollout_rows']} "
+        f"turns; median of {len(warm)} iterations after the first, which compiles)")
+  print("| part | seconds | share |\n|------|---------|-------|")
+  for k, v in parts.items():
+    print(f"| {k.replace('_seconds', '')} | {v:7.2f} | {v / total:6.1%} |")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -496,6 +535,7 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--skip-random", action="store_true")
   ap.add_argument("--skip-smollm2", action="store_true")
   ap.add_argument("--no-profile", action="store_true", help="skip the forward / backward split")
+  ap.add_argument("--skip-grpo", action="store_true", help="skip the GRPO step time split")
   ap.add_argument("--torch-adamw", default="foreach", choices=("foreach", "fused", "for-loop"),
                   help="torch.optim.AdamW implementation")
   ap.add_argument("--torch-worker", metavar="SPEC", help=argparse.SUPPRESS)
@@ -515,7 +555,8 @@ def main(argv: list[str] | None = None) -> None:
         f"transformers {version('transformers')}, {threads} CPU threads, float32, "
         f"load average {os.getloadavg()[0]:.1f}", flush=True)
   rows = sft_section(args, threads)
-  # A GRPO section (sampling / old-logprob / update split) goes here, before the last line.
+  if not args.skip_grpo:
+    grpo_section(iterations=2 if args.quick else 4)
   print(f"load average at the end: {os.getloadavg()[0]:.1f} on {threads} cores")
   smol = next((r for r in rows if r.model == "SmolLM2-135M"), None)
   if smol is not None:

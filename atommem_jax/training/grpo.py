@@ -240,6 +240,7 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
       if ref_params is not None:
         batch["ref_logprobs"] = logprob_fn(ref_params, batch)
       batches.append(batch)
+    jax.block_until_ready(batches)  # dispatch is asynchronous: time the computation itself
     logprob_s = time.perf_counter() - t1
     stats = stats_of(_global_counts(rollout_counts(trajs, [comp for _, comp in scored])))
     stats.update(reward=float(reward.mean()), reward_std=float(reward.std()),

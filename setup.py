@@ -42,6 +42,8 @@ setup(
             "torch==2.13.0",
             "sentence-transformers>=3",
             "accelerate>=1.0",  # transformers needs it to load GGUF models (GGUF parity tests)
+            # launch/aot.py compiles for TPU topologies on a CPU host (tests/test_aot.py).
+            "libtpu==0.0.42.1",
         ],
         "tpu": ["jax[tpu]>=0.10.2,<0.11", "libtpu"],
     },

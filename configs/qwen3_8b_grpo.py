@@ -6,16 +6,17 @@
 Paper settings: G=8 rollouts per question, temperature 1.0, top-p 0.99, lr 1e-6, asymmetric
 clipping 0.2 / 0.28, k3 KL 0.001 to the SFT policy, no std normalisation of advantages,
 exact-match reward; 4,000-token sections, prompts up to 8K tokens, responses up to 2K.
-One exception: 16 questions per iteration (the paper: 8). On a pod every host samples whole
-questions (training/grpo.py), so questions_per_step must divide by the number of hosts, and
-64-chip slices (v5p:4x4x4, v6e:8x8) have 16; on up to 8 hosts (v5p:2x4x4 = 32 chips) the
-paper's 8 works: --config.grpo.questions_per_step=8.
+8 questions per iteration (the paper's) as the default. On a pod every host samples whole
+questions (training/grpo.py), so questions_per_step must divide by the number of hosts: the
+paper's 8 works on up to 8 hosts (v5p:2x4x4 = 32 chips); 64-chip slices (v5p:4x4x4, v6e:8x8)
+have 16 hosts and need --config.grpo.questions_per_step=16 (as the checks below use).
 
 Training rows hold one turn each (an 8K prompt + a 2K response in 10,240 tokens), 64 rows
 per optimizer step (one per chip on 64 chips), every layer rematerialised. Checked ahead of
 time (launch/aot.py; numbers in launch/README.md "Ahead-of-time checks"):
 
-  python launch/aot.py --config=configs/qwen3_8b_grpo.py --topology=v5p:4x4x4
+  python launch/aot.py --config=configs/qwen3_8b_grpo.py --topology=v5p:4x4x4 \
+      --config.grpo.questions_per_step=16
 
 compiles the train step, the reference policy's log-prob pass and one host's sampler
 (prefill + decode): on 64 v5p chips every phase fits (at most 24.0 GB of 95 GB per chip), the
@@ -35,7 +36,7 @@ def get_config():
   c.optim.learning_rate = 1e-6
   c.optim.warmup_steps = 0
   c.optim.weight_decay = 0.0
-  c.grpo.questions_per_step = 16  # paper: 8; must divide by the hosts (see the docstring)
+  c.grpo.questions_per_step = 8  # paper; must divide by the hosts (see the docstring)
   c.grpo.group_size = 8
   c.grpo.normalize_std = False
   c.loss.clip_low, c.loss.clip_high, c.loss.kl_coef = 0.2, 0.28, 0.001

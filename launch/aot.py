@@ -13,8 +13,9 @@ compile, naming the key); then the real functions a run jits are compiled:
   float32 params stay resident beside the train state, and they are counted), and the
   sampler's prefill and decode loop (`models.sampler._prefill` / `_decode`) as one host runs
   them in `training/grpo.py`: its questions_per_step / hosts questions x group_size rows, on
-  a copy of the params over its own chips (`distributed.local_replica`), prompts of
-  sampling.max_prompt_tokens and a cache for prompt + sampling.max_new_tokens.
+  a copy of the params over its own chips (`distributed.local_replica`; compiled on those
+  chips as a topology of their own, e.g. v5p:2x2x1), prompts of sampling.max_prompt_tokens
+  and a cache for prompt + sampling.max_new_tokens.
 
 Per device it prints, for each function, XLA's memory analysis (argument, output, temporary
 and total bytes, against the chip's HBM), the FLOPs and bytes accessed per call, a roofline
@@ -33,7 +34,8 @@ is an upper bound of what a run measures. The last line is
 
 and the exit status is 0 when every phase fits (what is resident together: the train step,
 plus for GRPO the reference params, and during sampling / log-prob passes the train state),
-1 when one does not, 2 for a bad config or topology.
+1 when one does not (or the TPU compiler refuses a function for lack of HBM: its message and
+the bytes it asked for are printed), 2 for a bad config or topology.
 
 XLA's `cost_analysis()` counts a while loop's body once, whatever its trip count (a scan over
 36 layers costs as much as one layer there). `loop_weighted_cost` therefore takes the compiled

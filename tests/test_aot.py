@@ -65,6 +65,9 @@ def test_tpu_specs_cite_their_source_and_scale_per_device():
   v4_core = tpu_specs.SPECS["v4"].per_device(1)  # a v4 topology lists each TensorCore
   assert v4_core.peak_bf16_flops == 275e12 / 2 and v4_core.hbm_bytes == 16 * 2**30
   assert tpu_specs.parse_topology("v5p:4x4x4")[1] == "4x4x4"
+  assert tpu_specs.generation("TPU v5 lite").name == "v5e"
+  with pytest.raises(ValueError, match="no TPU generation has device kind 'TPU v9'"):
+    tpu_specs.generation("TPU v9")
   with pytest.raises(ValueError, match="unknown TPU generation 'v9z'"):
     tpu_specs.parse_topology("v9z:2x2")
   with pytest.raises(ValueError, match="generation:shape"):
@@ -225,7 +228,6 @@ def test_cli_rejects_an_unknown_key_before_compiling():
 
 
 @needs_libtpu
-@pytest.mark.slow
 def test_tiny_grpo_compiles_reference_and_sampler(aot):
   from configs import tiny_cpu_grpo
 

@@ -121,14 +121,14 @@ class Side(Protocol):
     """Seconds of one `op` (one of OPS), timed by the side itself."""
 
 
-def interleaved(sides: Sequence[Side], op: str, rounds: int) -> dict[str, float]:
-  """Median seconds of `op` per side over `rounds` rounds; every round runs each side once,
+def interleaved(sides: Sequence[Side], op: str, rounds: int) -> dict[str, list[float]]:
+  """Seconds of `op` per side in each of `rounds` rounds; every round runs each side once,
   rotating which goes first, so load changes on a shared machine hit all sides alike."""
   times: dict[str, list[float]] = {s.name: [] for s in sides}
   for i in range(rounds):
     for s in sides[i % len(sides):] + sides[:i % len(sides)]:
       times[s.name].append(s.run(op))
-  return {name: statistics.median(ts) for name, ts in times.items()}
+  return times
 
 
 # ----------------------------------------------------------------------------- torch side
@@ -378,15 +378,18 @@ def bench_model(name: str, config, params, *, batch: int, seq: int, steps: int, 
     torch_side = TorchSide(hf_dir, data, tmp, threads=threads, adamw_kwargs=adamw_kwargs)
     ours = [OursSide(config, params, data, remat=r) for r in (True, False)]
     sides: list[Side] = [*ours, torch_side]
-    seconds = {"step": interleaved(sides, "step", steps)}
+    times = interleaved(sides, "step", steps)
     for o in ours:
       o.check_no_recompiles()
     torch_memory = dict(torch_side.info, **torch_side.request("peak_rss"))
-    print(f"  {name} {batch}x{seq}: s/step " + ", ".join(
-        f"{k} {v:.3f}" for k, v in seconds["step"].items()), flush=True)
+    print(f"  {name} {batch}x{seq}, s/step in each round: " + "; ".join(
+        f"{k} {' '.join(f'{t:.3f}' for t in ts)}" for k, ts in times.items()), flush=True)
+    seconds = {"step": times}
     if profile:
       for op in OPS[1:]:
         seconds[op] = interleaved(sides, op, steps)
+    seconds = {op: {k: statistics.median(ts) for k, ts in by_side.items()}
+               for op, by_side in seconds.items()}
     torch_side.close()
   return Row(name, n_params / 1e6, batch, seq, step_flops(hf_config, batch, seq), seconds,
              {s.name: s.losses for s in sides}, torch_memory,

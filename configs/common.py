@@ -123,6 +123,12 @@ def train_base() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict(dict(mode="off", coordinator="", num_processes=0,
                                                  process_id=-1, initialization_timeout=300))
 
+  # LoRA (atommem_jax/models/lora.py): rank > 0 trains low-rank adapters on `targets`
+  # (comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) and keeps the
+  # base weights frozen; the run also writes output_dir/lora.safetensors, loadable with
+  # model.source=lora:<file>. 0 = train every weight.
+  c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets="q_proj,v_proj"))
+
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-5
   c.optim.warmup_steps = 0
@@ -160,6 +166,7 @@ def train_base() -> ml_collections.ConfigDict:
   c.data.min_score = -1.0  # jsonl: keep episodes whose exact_match >= min_score (rejection sampling)
   c.data.num_examples = 64  # SFT: teacher episodes (synthetic: generated; real: first of the
   # train episodes, 0 = all)
+  c.data.synthetic_examples = 0  # real SFT: synthetic tasks (scripted oracle) mixed in
   c.data.seed = 1000  # synthetic tasks' seed (held-out evaluation uses other seeds)
   c.data.synthetic_chunks = 6
   c.data.synthetic_task = "mixed"  # chain (Update) | count (Delete) | mixed
@@ -185,4 +192,8 @@ def train_base() -> ml_collections.ConfigDict:
   # trajectories at `learning_rate` (0 = optim.learning_rate); GRPO starts from, and is
   # KL-regularised towards, its final parameters.
   c.warm_start = ml_collections.ConfigDict(dict(sft_steps=0, learning_rate=0.0))
+  # GRPO only: start from another run's final parameters instead (its output_dir, e.g. an SFT
+  # run of the same model and LoRA settings: the run continues its adapters, and KL-
+  # regularises towards them). "" = model.source as loaded.
+  c.init_from = ""
   return c

@@ -1,15 +1,21 @@
-"""SFT of SmolLM2-135M-Instruct (the shipped GGUF) as an AtomMem policy, on CPU.
+"""SFT of SmolLM2-135M-Instruct (the shipped GGUF) as an AtomMem policy, on CPU, with LoRA.
 
   python -m atommem_jax.training --config=configs/smollm2_sft.py --config.output_dir=outputs/smollm2_sft
 
-Teacher data: the scripted oracle's trajectories on seeded synthetic CRUD tasks, rendered
-with the compact AtomMem prompts through the rollout engine (training/data.py). SmolLM2's
-9 attention heads do not split over a tensor axis: the "fsdp" rules shard weights over
-all devices instead. float32 master weights; set --config.model.dtype=bfloat16 to compute
-in bfloat16 on accelerators. Evaluate the result with
-`python -m atommem_jax.eval --config=configs/eval_oracle_synthetic.py
- --config.model.source=orbax:outputs/smollm2_sft --config.methods=atommem,oracle ...` (or
-the exported `hf:outputs/smollm2_sft/hf`).
+Data: the privileged teacher (agent/teacher.py) on a seeded mix of the HotpotQA, 2Wiki and
+MuSiQue *train* splits (never the dev files), each question in its own 10-20 paragraphs, plus
+the scripted oracle on synthetic CRUD tasks (every operation, corrections and retractions);
+both rendered with the compact AtomMem prompts through the rollout engine, so every turn
+carries the exact prompt ids evaluation will show. LoRA rank 8 on every projection of the 30
+layers (4.9M trained parameters; the adapter file is ~10 MB) keeps the shipped artefact small;
+`--config.lora.rank=0` trains every weight instead. SmolLM2's 9 attention heads do not split
+over a tensor axis: the "fsdp" rules shard weights over all devices instead.
+
+The run writes output_dir/lora.safetensors (load it with --config.model.source=lora:<file>),
+the merged Hugging Face export in output_dir/hf, metrics.jsonl, tb/ and training.png; rerun
+the command to resume after an interruption. Evaluate with configs/eval_trained_smollm2.py
+(--config.model.source=lora:outputs/smollm2_sft/lora.safetensors). Wall time and result on
+this project's 2-core CPU: docs/results.md ("Trained SmolLM2").
 """
 from configs import common
 
@@ -33,13 +39,20 @@ def get_config():
   c.sampling.max_new_tokens = 160
   c.sampling.max_answer_tokens = 32
   c.max_memory_chars = 300
-  c.steps = 300
-  c.checkpoint_every = 25
-  c.optim.learning_rate = 5e-5
-  c.optim.warmup_steps = 20
-  c.batch.rows = 8
-  c.batch.seq_len = 1024
-  c.loss.chunk_size = 128  # [rows, 128, 49,152] float32 logits per chunk: 200 MB
-  c.data.num_examples = 96
+  c.lora.rank = 8
+  c.lora.alpha = 16.0
+  c.lora.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+  c.steps = 60
+  c.checkpoint_every = 5
+  c.optim.learning_rate = 5e-4
+  c.optim.warmup_steps = 5
+  c.batch.rows = 4
+  c.batch.seq_len = 1536
+  c.loss.chunk_size = 128  # [rows, 128, 49,152] float32 logits per chunk: 100 MB
+  c.data.source = "real"
+  c.data.datasets = "hotpotqa,2wiki,musique"
+  c.data.num_docs = 0  # each question's own paragraphs: short training documents
+  c.data.num_examples = 48
+  c.data.synthetic_examples = 16
   c.data.synthetic_chunks = 6
   return c

@@ -8,7 +8,7 @@ import pytest
 
 from atommem_jax.models import config as model_config
 from atommem_jax.models import transformer
-from atommem_jax.training import lora
+from atommem_jax.models import lora
 
 CFG = model_config.tiny("qwen3", vocab_size=128, hidden_size=32, intermediate_size=64,
                         num_heads=4, num_kv_heads=2, head_dim=8)
@@ -63,3 +63,98 @@ def test_file_round_trip_and_errors(base, tmp_path):
     lora.LoraConfig(targets=("lm_head",))
   with pytest.raises(FileNotFoundError):
     lora.load(tmp_path / "missing.safetensors")
+
+
+# --- LoRA in training: the train step, the run directory, loading the trained policy ------
+
+def test_lora_train_step_trains_only_the_adapters(base):
+  """A LoRA train step updates the adapters (its state's params) and leaves the frozen base
+  untouched; its loss equals the full model's loss at the merged weights."""
+  import optax
+
+  from atommem_jax.training import step as step_lib
+
+  cfg = lora.LoraConfig(rank=4, targets=("q_proj", "v_proj", "down_proj"))
+  ad = lora.init(cfg, base, seed=0)
+  tx = optax.sgd(0.5)
+  loss = step_lib.LossConfig(kind="sft", chunk_size=8)
+  tokens = np.asarray(np.random.default_rng(1).integers(1, 128, (2, 16)), np.int32)
+  batch = dict(tokens=tokens, positions=np.tile(np.arange(16, dtype=np.int32), (2, 1)),
+               segment_ids=np.ones((2, 16), np.int32), loss_mask=np.ones((2, 16), np.int32))
+  frozen_before = jax.tree.map(np.asarray, base)
+  ts = step_lib.TrainStep(CFG, loss, tx, lora=cfg, frozen=base)
+  state = step_lib.init_state(ad, tx)
+  losses = []
+  for _ in range(4):
+    state, m = ts(state, batch)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < losses[0], losses
+  assert set(state.params) == {"q_proj", "v_proj", "down_proj"}
+  assert float(jnp.abs(state.params["q_proj"]["b"]).sum()) > 0  # B moved off zero
+  for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(base)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  # The step's loss is the full model's at the merged weights.
+  full = step_lib.loss_fn(lora.merge(base, state.params, cfg), batch, model_config=CFG, loss=loss)
+  _, m = step_lib.TrainStep(CFG, loss, optax.sgd(0.0), lora=cfg, frozen=base)(
+      step_lib.init_state(state.params, optax.sgd(0.0)), batch)
+  np.testing.assert_allclose(float(m["loss"]), float(full[0]), rtol=1e-6)
+  with pytest.raises(ValueError, match="LoRA needs both"):
+    step_lib.TrainStep(CFG, loss, tx, lora=cfg)
+
+
+def test_lora_run_ships_an_adapter_that_loads_as_the_trained_policy(tmp_path):
+  """A LoRA SFT run writes lora.safetensors (adapters only, small); `lora:<file>`,
+  `orbax:<run>` and the merged `hf:<run>/hf` export all give the same policy."""
+  from atommem_jax.agent import build
+  from atommem_jax.training import sft
+  from configs import common
+  from tests.test_training import _micro_config
+
+  run = tmp_path / "run"
+  c = _micro_config("tiny_cpu_sft", run, steps=3, checkpoint_every=3,
+                    **{"lora.rank": 4, "lora.targets": "q_proj,v_proj,o_proj",
+                       "optim.learning_rate": 3e-2})
+  summary = sft.train(c, echo=lambda s: None)
+  assert summary["step"] == 3
+  adapter = run / "lora.safetensors"
+  cfg, ad = lora.load(adapter)
+  assert cfg.rank == 4 and cfg.targets == ("q_proj", "v_proj", "o_proj")
+  assert lora.base_of(adapter)["source"] == "tiny"
+  assert adapter.stat().st_size < 200_000
+  e = common.base()
+  models = {}
+  for src in (f"lora:{adapter}", f"orbax:{run}", f"hf:{run / 'hf'}"):
+    e.model.source = src
+    build.check_agent_config(e, ("atommem",))
+    models[src.split(":")[0]] = build.load_model(e, tmp_path / src.split(":")[0])
+  base_model = build.load_model(_micro_config("tiny_cpu_sft", run), tmp_path / "base")
+  ids = IDS % 200
+  outs = {k: np.asarray(transformer.forward(m.config, m.params, ids)) for k, m in models.items()}
+  np.testing.assert_allclose(outs["lora"], outs["orbax"], atol=1e-5)
+  np.testing.assert_allclose(outs["lora"], outs["hf"], atol=1e-5)
+  assert not np.allclose(outs["lora"], np.asarray(
+      transformer.forward(base_model.config, base_model.params, ids)), atol=1e-4)
+
+
+def test_lora_config_errors_name_the_key(tmp_path):
+  from atommem_jax.agent.build import ConfigError
+  from atommem_jax.training import config as cfg_lib
+  from tests.test_training import _micro_config
+
+  for over, key in (({"lora.rank": -1}, "lora.rank"),
+                    ({"lora.rank": 4, "lora.targets": "q_proj,bogus"}, "lora.targets"),
+                    ({"lora.rank": 4, "lora.alpha": 0.0}, "lora.alpha")):
+    with pytest.raises(ConfigError, match=key):
+      cfg_lib.validate(_micro_config("tiny_cpu_sft", tmp_path, **over))
+  from configs import common
+
+  e = common.base()
+  e.model.source = f"lora:{tmp_path / 'missing.safetensors'}"
+  with pytest.raises(ConfigError, match="model.source"):
+    build_check(e)
+
+
+def build_check(e):
+  from atommem_jax.agent import build
+
+  build.check_agent_config(e, ("atommem",))

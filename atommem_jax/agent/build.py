@@ -47,8 +47,47 @@ class ConfigError(ValueError):
 
 # --- the model's context window and tokenizer, from metadata only ---------------------------
 
+def _with_base(c: ml_collections.ConfigDict, base: dict) -> ml_collections.ConfigDict:
+  """`c` with the model settings of a LoRA base (`models/lora.save(base=...)`)."""
+  b = ml_collections.ConfigDict(c.to_dict())
+  b.model.source = str(base["source"])
+  if "tiny" in base:
+    b.model.tiny = dict(base["tiny"])
+  if "seed" in base:
+    b.seed = int(base["seed"])
+  if b.model.source.startswith("lora:"):
+    raise ConfigError(f"model.source: a LoRA base must be a model, got {b.model.source!r}")
+  return b
+
+
+def lora_base_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """For `model.source=lora:<adapter file>`: `c` with its base model's settings (from the
+  file's metadata); `c` itself for any other source."""
+  src = str(c.model.source)
+  if not src.startswith("lora:"):
+    return c
+  from atommem_jax.models import lora
+
+  try:
+    return _with_base(c, lora.base_of(src[5:]))
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    raise ConfigError(f"model.source: {e}") from None
+
+
+def _lora_run(run_dir: pathlib.Path) -> dict | None:
+  """The config of a LoRA training run directory (its checkpoints hold adapters), or None."""
+  try:
+    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+  except (OSError, json.JSONDecodeError):
+    return None
+  lo = cfg.get("lora") or {}
+  return cfg if int(lo.get("rank", 0) or 0) > 0 else None
+
+
 def _model_path(c: ml_collections.ConfigDict) -> pathlib.Path | None:
-  """The checkpoint file or directory `model.source` names (None for tiny / none)."""
+  """The checkpoint file or directory `model.source` names (None for tiny / none); for a
+  LoRA adapter file, its base's."""
+  c = lora_base_config(c)
   src = str(c.model.source)
   if src == "smollm2":
     from atommem_jax.models.tokenizer import smollm2_gguf_path
@@ -67,6 +106,7 @@ def _model_path(c: ml_collections.ConfigDict) -> pathlib.Path | None:
 
 def model_window(c: ml_collections.ConfigDict) -> int | None:
   """The policy's context window in tokens, without loading it (None: no model)."""
+  c = lora_base_config(c)
   src = str(c.model.source)
   if src == "none":
     return None
@@ -102,6 +142,7 @@ def _tokenizer(name: str):
 
 def policy_tokenizer(c: ml_collections.ConfigDict):
   """The tokenizer the policy will use (loaded and cached; the model is not loaded)."""
+  c = lora_base_config(c)
   if c.model.tokenizer:
     return _tokenizer(str(c.model.tokenizer))
   path = _model_path(c)
@@ -144,9 +185,10 @@ def reading_prompt_overhead(c: ml_collections.ConfigDict, tokenizer, methods: Se
 
 def _check_values(c: ml_collections.ConfigDict, methods: Sequence[str], group_size: int) -> None:
   src = str(c.model.source)
-  if src not in ("smollm2", "tiny", "none") and not src.startswith(("hf:", "gguf:", "orbax:")):
-    raise ConfigError("model.source must be smollm2, tiny, none, hf:<dir>, gguf:<file> or "
-                      f"orbax:<training run dir>, got {src!r}")
+  if src not in ("smollm2", "tiny", "none") and not src.startswith(
+      ("hf:", "gguf:", "orbax:", "lora:")):
+    raise ConfigError("model.source must be smollm2, tiny, none, hf:<dir>, gguf:<file>, "
+                      f"orbax:<training run dir> or lora:<adapter file>, got {src!r}")
   if src == "none" and (any(m in LLM_METHODS for m in methods) or c.embedder == "policy"):
     raise ConfigError("model.source='none' but methods/embedder need a policy model")
   if c.model.dtype not in ("float32", "bfloat16"):
@@ -192,6 +234,7 @@ def _check_values(c: ml_collections.ConfigDict, methods: Sequence[str], group_si
 
 
 def _check_files(c: ml_collections.ConfigDict) -> None:
+  c = lora_base_config(c)  # an adapter file that cannot be read fails here, naming the key
   src = str(c.model.source)
   if src.startswith(("hf:", "gguf:", "orbax:")) and not _model_path(c).exists():
     raise ConfigError(f"model.source: {_model_path(c)} does not exist")
@@ -277,6 +320,23 @@ def load_model(c: ml_collections.ConfigDict, work_dir: pathlib.Path,
     path = tok_lib.smollm2_gguf_path() if src == "smollm2" else pathlib.Path(src[5:])
     mc, params = gguf_io.from_gguf(path, dtype=dtype)
     return Model(mc, params, tok_lib.load_tokenizer(c.model.tokenizer or path))
+  if src.startswith("lora:"):  # base model + adapters, merged into one policy
+    from atommem_jax.models import lora
+
+    base = load_model(lora_base_config(c), work_dir, dtype=jnp.dtype(dtype).name)
+    cfg, adapters = lora.load(src[5:])
+    return Model(base.config, lora.merge(base.params, adapters, cfg), base.tokenizer)
+  if src.startswith("orbax:") and (run := _lora_run(pathlib.Path(src[6:]))) is not None:
+    from atommem_jax.models import lora, orbax_io, transformer
+
+    base = load_model(_with_base(c, run["model"] | {"seed": run["seed"]}), work_dir,
+                      dtype=jnp.dtype(dtype).name)
+    lo = run["lora"]
+    cfg = lora.LoraConfig(rank=lo["rank"], alpha=lo["alpha"],
+                          targets=tuple(t.strip() for t in lo["targets"].split(",") if t.strip()))
+    abstract = transformer.abstract_params(base.config.replace(param_dtype="float32"))
+    adapters = orbax_io.load_params(src[6:], lora.abstract(cfg, abstract))
+    return Model(base.config, lora.merge(base.params, adapters, cfg), base.tokenizer)
   if src.startswith("orbax:"):
     from atommem_jax.models import orbax_io
 

@@ -21,6 +21,10 @@ TRAINED_METHODS = ("atommem", "memagent")
 DATA_SOURCES = ("synthetic", "real", "jsonl")
 
 
+def is_remote_path(path: str) -> bool:
+  return "://" in path
+
+
 def _positive(c: ml_collections.ConfigDict, key: str) -> None:
   """`key` (dotted) holds a positive int."""
   node = c
@@ -66,6 +70,22 @@ def reward_config(c: ml_collections.ConfigDict):
     raise ConfigError(f"grpo.reward: {e}") from None
 
 
+def lora_config(c: ml_collections.ConfigDict):
+  """The LoRA adapters' config, or None (`lora.rank=0`: every weight is trained)."""
+  from atommem_jax.models import lora
+
+  lo = c.get("lora")
+  if lo is None or lo.rank == 0:
+    return None
+  if not isinstance(lo.rank, int) or isinstance(lo.rank, bool) or lo.rank < 0:
+    raise ConfigError(f"lora.rank must be an integer >= 0 (0 = no LoRA), got {lo.rank!r}")
+  targets = tuple(t.strip() for t in str(lo.targets).split(",") if t.strip())
+  try:
+    return lora.LoraConfig(rank=lo.rank, alpha=float(lo.alpha), targets=targets)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None  # LoraConfig's messages start with the key
+
+
 def mesh_shape(c: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
   """(data, fsdp, tensor) with a -1 resolved; ConfigError when it does not fit the devices."""
   dims = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
@@ -106,6 +126,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   mesh_shape(c, abs(c.mesh.data * c.mesh.fsdp * c.mesh.tensor))  # values; devices checked at run
   optim_config(c)
   loss_config(c)
+  lora_config(c)
   if c.loss.chunk_size <= 0:
     raise ConfigError(f"loss.chunk_size must be positive, got {c.loss.chunk_size}")
   d = c.data
@@ -132,8 +153,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not names or any(n not in data_lib.REAL_DATASETS for n in names):
       raise ConfigError(f"data.datasets must list datasets from {data_lib.REAL_DATASETS}, got "
                         f"{d.datasets!r}")
-    if d.num_docs < 0 or d.max_records < 0 or d.num_examples < 0:
-      raise ConfigError("data.num_docs, data.max_records and data.num_examples must be >= 0")
+    if d.num_docs < 0 or d.max_records < 0 or d.num_examples < 0 or d.synthetic_examples < 0:
+      raise ConfigError("data.num_docs, data.max_records, data.num_examples and "
+                        "data.synthetic_examples must be >= 0")
+    if d.synthetic_examples:
+      from atommem_jax.agent import oracle
+
+      try:
+        oracle.synthetic_config(c, d.synthetic_chunks)
+      except ValueError as e:
+        raise ConfigError(f"data.synthetic_*: {e}") from None
     for n in names:
       try:
         path = raw.find_train_file(n, data_lib.data_dir(c))
@@ -149,6 +178,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
       oracle.synthetic_config(c, d.synthetic_chunks)
     except ValueError as e:
       raise ConfigError(f"data.synthetic_*: {e}") from None
+  if c.get("init_from"):
+    if c.algorithm != "grpo":
+      raise ConfigError("init_from: only GRPO starts from another run's parameters (SFT "
+                        "starts from model.source)")
+    if c.warm_start.sft_steps:
+      raise ConfigError("init_from and warm_start.sft_steps both name a starting policy; set one")
+    if not is_remote_path(str(c.init_from)) and not (
+        pathlib.Path(c.init_from) / "checkpoints").is_dir():
+      raise ConfigError(f"init_from: {c.init_from} is not a training run directory (no "
+                        "checkpoints/)")
   if c.algorithm == "grpo":
     g = c.grpo
     for key in ("grpo.questions_per_step", "grpo.group_size", "grpo.epochs"):

@@ -164,7 +164,7 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   tests give one process the rollouts several processes sampled)."""
   from tqdm.auto import tqdm
 
-  init_from = warm_start(c, echo) if c.warm_start.sft_steps else None
+  init_from = warm_start(c, echo) if c.warm_start.sft_steps else (str(c.init_from) or None)
   run = trainer.setup(c, echo, init_from=init_from, keep_initial=bool(c.loss.kl_coef))
   model, g = run.model, c.grpo
   if g.questions_per_step % jax.process_count():
@@ -176,11 +176,14 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   reward_fn = reward_fn or (lambda t: rewards.episode_reward(t, reward_cfg))
   advantage_fn = losses.get_advantage_estimator(g.advantage)
   b_sh = sharding.batch_sharding(run.mesh, run.rules)
-  p_sh = run.state_shardings.params
+  p_sh = run.param_shardings
   logprob_fn = step_lib.make_logprob_fn(model.config, chunk_size=c.loss.chunk_size,
                                         param_shardings=p_sh, batch_sharding=b_sh,
                                         mesh=run.mesh, rules=run.rules)
-  ref_params = run.initial_params  # the frozen reference: the starting policy (None: no KL)
+  # The frozen reference: the starting policy (None: no KL); under LoRA, the base merged
+  # with the starting adapters.
+  ref_params = None if run.initial_params is None else run.policy_params(run.initial_params)
+  run.initial_params = None
   fields = run.train_step.loss.fields
   pad = model.tokenizer.pad_token_id or 0
   run.checkpointer.install_signal_handlers()
@@ -196,7 +199,7 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
     if rollouts_fn is not None:
       trajs = rollouts_fn(iteration, episodes)
     else:
-      params = run.local_params(run.state.params)
+      params = run.local_params(run.policy_params())
       policy.lm.seed, policy.lm.calls = iteration_seed(c.seed, iteration,
                                                        jax.process_index()), 0
       # The engine per iteration: a policy embedder embeds with the current parameters.
@@ -232,14 +235,16 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
         np.float32) * arrays["loss_mask"]
     mine = distributed.process_rows(c.batch.rows)  # this process's block of each minibatch
     batches = []
+    current = run.policy_params()  # the policy that sampled these rollouts
     for m in range(minibatches):
       lo = m * c.batch.rows
       batch = run.shard_batch({k: arrays[k][lo + mine.start:lo + mine.stop]
                                for k in fields if k in arrays})
-      batch["old_logprobs"] = logprob_fn(run.state.params, batch)  # [B, T], on device
+      batch["old_logprobs"] = logprob_fn(current, batch)  # [B, T], on device
       if ref_params is not None:
         batch["ref_logprobs"] = logprob_fn(ref_params, batch)
       batches.append(batch)
+    del current
     jax.block_until_ready(batches)  # dispatch is asynchronous: time the computation itself
     logprob_s = time.perf_counter() - t1
     stats = stats_of(_global_counts(rollout_counts(trajs, [comp for _, comp in scored])))

@@ -4,7 +4,8 @@
 Data: `data.source="synthetic"` runs the method's scripted teacher (`training/data.py`
 TEACHERS) on `data.num_examples` seeded synthetic tasks through the rollout engine, rendered
 with the trained policy's own prompts; `data.source="real"` runs the privileged teacher
-(`agent/teacher.py`) on the train splits of `data.datasets` (never the dev files);
+(`agent/teacher.py`) on the train splits of `data.datasets` (never the dev files), plus the
+oracle on `data.synthetic_examples` synthetic tasks when that is > 0;
 `data.source="jsonl"` reads trajectories (a teacher's, or logged rollouts filtered by
 `data.min_score`). Turns are packed once; batch `step` is a
 pure function of the step, so a run killed at any point resumes on the same batches and
@@ -40,17 +41,23 @@ def sft_turns(run: trainer.Run):
     return data_lib.turns_of(trajs, vocab, min_score=min_score)
   # A policy embedder embeds with the initial params (the same on a resumed run), a
   # process-local copy of them: each process runs the teacher episodes on its own.
-  params = None if run.initial_params is None else run.local_params(run.initial_params)
+  params = (None if run.initial_params is None
+            else run.local_params(run.policy_params(run.initial_params)))
   embed_fn, dim = build.build_embedder(c, model, params=params)
   engine = RolloutEngine(build.rollout_config(c, c.method, dim), model.tokenizer, embed_fn)
   student = build.make_policy(c.method, model, c, c.seed)
   if c.data.source == "real":
-    pool = data_lib.real_train_episodes(c)
-    episodes = pool[:c.data.num_examples] if c.data.num_examples else pool
+    # The first num_examples of the seeded shuffle (every dataset represented), or all.
+    n = c.data.num_examples or len(data_lib.real_train_episodes(c))
+    episodes = data_lib.training_episodes(c, n)
   else:
     episodes = data_lib.synthetic_episodes(c, c.data.num_examples)
   trajs = data_lib.teacher_trajectories(engine, student, c.method, episodes,
                                         source=c.data.source)
+  if c.data.source == "real" and c.data.synthetic_examples:
+    # Mixed in: the scripted oracle's synthetic CRUD tasks (every op, corrections, deletions).
+    trajs += data_lib.teacher_trajectories(
+        engine, student, c.method, data_lib.synthetic_episodes(c, c.data.synthetic_examples))
   return data_lib.turns_of(trajs, vocab)
 
 

@@ -216,6 +216,21 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
   return out
 
 
+def like(tree: Any, shardings: Any) -> Any:
+  """`shardings` (e.g. `param_shardings`) in `tree`'s pytree structure (nnx.State nesting
+  differs between a loaded model and `param_shardings`; jit's out_shardings must match its
+  output's structure exactly). The leaves must correspond path by path."""
+  paths = [jax.tree_util.keystr(p, simple=True, separator="/")
+           for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+  by_path = {jax.tree_util.keystr(p, simple=True, separator="/"): s
+             for p, s in jax.tree_util.tree_leaves_with_path(shardings)}
+  missing = [p for p in paths if p not in by_path]
+  if missing or len(paths) != len(by_path):
+    raise ValueError(f"shardings do not match the tree: missing {missing[:3]}, "
+                     f"{len(paths)} leaves vs {len(by_path)} shardings")
+  return jax.tree.unflatten(jax.tree.structure(tree), [by_path[p] for p in paths])
+
+
 def _mesh_of(shardings: Any) -> Mesh:
   meshes = {s.mesh for s in jax.tree.leaves(shardings) if isinstance(s, NamedSharding)}
   if len(meshes) != 1:

@@ -12,6 +12,11 @@ whole-batch gradient), and updates once. Compute runs in the model config's dtyp
 The jitted step is built with `in_shardings` / `out_shardings` (today's pjit) and donates the
 state; each distinct batch shape compiles once, and `TrainStep.compiles` counts the traces
 so a loop can log (and tests can assert) that steps do not recompile.
+
+LoRA (`lora=`, `models/lora.py`): the state's params are the adapters alone; the frozen
+base weights are a third, non-donated argument held by the step (`frozen`), merged with the
+adapters inside the differentiated function, so gradients and optimizer state exist only for
+the adapters.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from atommem_jax.models import lora as lora_lib
 from atommem_jax.models import partitioning, scoring, transformer
 from atommem_jax.models.config import ModelConfig
 from atommem_jax.training import losses
@@ -139,13 +145,19 @@ class TrainStep:
   def __init__(self, model_config: ModelConfig, loss: LossConfig, tx: optax.GradientTransformation,
                *, micro_batches: int = 1, state_shardings: Any = None, batch_sharding: Any = None,
                mesh: jax.sharding.Mesh | None = None, rules: Mapping | None = None,
-               lr_schedule: optax.Schedule | None = None):
+               lr_schedule: optax.Schedule | None = None,
+               lora: lora_lib.LoraConfig | None = None, frozen: Any = None,
+               frozen_shardings: Any = None):
     if micro_batches <= 0:
       raise ValueError(f"micro_batches must be positive, got {micro_batches}")
     self.model_config, self.loss, self.tx = model_config, loss, tx
     self.micro_batches = micro_batches
     self.mesh, self.rules = mesh, rules
     self.lr_schedule = lr_schedule
+    if (lora is None) != (frozen is None):
+      raise ValueError("LoRA needs both `lora` (the adapters' config) and `frozen` (the base "
+                       "weights the adapters apply to)")
+    self.lora, self.frozen = lora, frozen
     self.compiles = 0
     # The module structure is built (and cached) outside the mesh context the step traces
     # in: NNX would otherwise try to resolve the params' logical names against that mesh.
@@ -154,11 +166,19 @@ class TrainStep:
     jit_kw: dict[str, Any] = dict(donate_argnums=0)
     if state_shardings is not None:
       replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-      jit_kw.update(in_shardings=(state_shardings, batch_sharding),
+      jit_kw.update(in_shardings=(state_shardings, batch_sharding, frozen_shardings),
                     out_shardings=(state_shardings, replicated))
     self._step = jax.jit(self._traced, **jit_kw)
 
-  def _traced(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  def policy_params(self, params: Any, frozen: Any = None) -> Any:
+    """The model's parameters for the trainable `params`: merged with the frozen base under
+    LoRA (traceable), `params` themselves otherwise."""
+    if self.lora is None:
+      return params
+    return lora_lib.merge(self.frozen if frozen is None else frozen, params, self.lora)
+
+  def _traced(self, state: TrainState, batch: Batch, frozen: Any
+              ) -> tuple[TrainState, dict[str, jax.Array]]:
     self.compiles += 1  # runs once per trace: counts compilations
     loss = self.loss
     missing = [f for f in loss.fields if f not in batch]
@@ -173,9 +193,13 @@ class TrainStep:
     if rows % a:
       raise ValueError(f"batch of {rows} rows does not split into {a} micro-batches")
     micro = {k: v.reshape((a, rows // a) + v.shape[1:]) for k, v in batch.items()}
-    grad_fn = jax.value_and_grad(functools.partial(
-        loss_fn, model_config=self.model_config, loss=loss, denominator=denominator),
-        has_aux=True)
+    base_loss = functools.partial(loss_fn, model_config=self.model_config, loss=loss,
+                                  denominator=denominator)
+
+    def loss_of(trainable, mb):  # LoRA: differentiate the adapters, the base stays frozen
+      return base_loss(self.policy_params(trainable, frozen), mb)
+
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     def accumulate(carry, mb):
       grads, total = carry
@@ -200,13 +224,13 @@ class TrainStep:
 
   def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     with self._rules():
-      return self._step(state, batch)
+      return self._step(state, batch, self.frozen)
 
-  def lower(self, state: Any, batch: Batch) -> jax.stages.Lowered:
-    """The step lowered (not run) for `state` / `batch`, which may be
-    `jax.ShapeDtypeStruct`s with shardings: launch/aot.py compiles it for a TPU topology."""
+  def lower(self, state: Any, batch: Batch, frozen: Any = None) -> jax.stages.Lowered:
+    """The step lowered (not run) for `state` / `batch` (and LoRA's `frozen` base), which may
+    be `jax.ShapeDtypeStruct`s with shardings: launch/aot.py compiles it for a TPU topology."""
     with self._rules():
-      return self._step.lower(state, batch)
+      return self._step.lower(state, batch, self.frozen if frozen is None else frozen)
 
 
 def make_logprob_fn(model_config: ModelConfig, *, chunk_size: int = scoring.DEFAULT_CHUNK_SIZE,

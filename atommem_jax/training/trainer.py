@@ -9,6 +9,9 @@ Run directory layout (`output_dir`):
   metrics.jsonl       one record per optimizer step; tb/ TensorBoard scalars
   training.png, ops.png
   hf/                 the final params as a Hugging Face folder (`model.source=hf:<dir>/hf`)
+  lora.safetensors    LoRA runs: the final adapters and how to load their base
+                      (`model.source=lora:<dir>/lora.safetensors`); checkpoints hold only
+                      the adapters and their optimizer state
 
 Several processes (`training/distributed.py`): every process builds the same mesh over all
 devices, loads its rows of each batch and takes part in every checkpoint save and restore
@@ -32,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from atommem_jax.agent import build
+from atommem_jax.models import lora as lora_lib
 from atommem_jax.training import checkpoint as ckpt_lib
 from atommem_jax.training import config as cfg_lib
 from atommem_jax.training import distributed
@@ -58,9 +62,11 @@ class Run:
   meta: dict  # the restored checkpoint's meta ({} on a fresh start)
   echo: Callable[[str], None]
   writer: logs.MetricsWriter | None  # process 0 only
-  initial_params: Any = None  # the starting policy (global arrays), kept on request
+  param_shardings: Any = None  # the model's parameters' shardings (the policy, not the adapters)
+  initial_params: Any = None  # the starting trainable params (global arrays), kept on request
   last_record: dict = dataclasses.field(default_factory=dict)
   _uploaded: dict = dataclasses.field(default_factory=dict)
+  _merge: Any = None  # jitted LoRA merge (adapters, base) -> policy params
 
   @property
   def step(self) -> int:
@@ -69,6 +75,18 @@ class Run:
   def shard_batch(self, batch: dict) -> dict:
     """This process's rows (numpy) -> global arrays split over the mesh's batch axes."""
     return sharding.shard_batch(batch, self.mesh, self.rules)
+
+  def policy_params(self, trainable: Any = None) -> Any:
+    """The policy's parameters for `trainable` (default: the current state's): the state's
+    params themselves, or under LoRA the frozen base merged with those adapters."""
+    trainable = self.state.params if trainable is None else trainable
+    if self.train_step.lora is None:
+      return trainable
+    if self._merge is None:
+      merged = jax.eval_shape(self.train_step.policy_params, trainable, self.train_step.frozen)
+      self._merge = jax.jit(self.train_step.policy_params,
+                            out_shardings=sharding.like(merged, self.param_shardings))
+    return self._merge(trainable, self.train_step.frozen)
 
   def local_params(self, params: Any) -> Any:
     """`params` (global) copied onto this process's devices alone, for work each process
@@ -189,11 +207,22 @@ def setup(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   rules = sharding.get_rules(c.sharding_rules)
   tx = step_lib.make_optimizer(cfg_lib.optim_config(c))
   p_sh = sharding.param_shardings(mc, mesh, rules)
-  state_sh = step_lib.TrainState(step=sharding.replicated(mesh), params=p_sh,
-                                 opt_state=sharding.opt_state_shardings(tx, params, p_sh))
+  lora_cfg = cfg_lib.lora_config(c)
+  frozen = None
+  if lora_cfg is None:
+    trainable, t_sh = params, p_sh
+  else:
+    # The base stays frozen in the compute dtype; the (small) adapters are the trainable
+    # params, replicated on every device.
+    frozen = distributed.put_global(
+        jax.tree.map(lambda p: p.astype(jnp.dtype(c.model.dtype)), params), p_sh)
+    trainable = lora_lib.init(lora_cfg, params, seed=c.seed)
+    t_sh = jax.tree.map(lambda _: sharding.replicated(mesh), trainable)
+  state_sh = step_lib.TrainState(step=sharding.replicated(mesh), params=t_sh,
+                                 opt_state=sharding.opt_state_shardings(tx, trainable, t_sh))
   make_state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=state_sh)
-  initial = distributed.put_global(params, p_sh)
-  del params  # the host copy: the state holds the params from here on
+  initial = distributed.put_global(trainable, t_sh)
+  del params, trainable  # the host copies: the state holds the params from here on
   model.params = None
   state = make_state(initial)
   if init_from is not None:
@@ -214,17 +243,20 @@ def setup(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   train_step = step_lib.TrainStep(
       mc, cfg_lib.loss_config(c), tx, micro_batches=c.batch.micro_batches,
       state_shardings=state_sh, batch_sharding=sharding.batch_sharding(mesh, rules), mesh=mesh,
-      rules=rules, lr_schedule=step_lib.schedule(cfg_lib.optim_config(c)))
+      rules=rules, lr_schedule=step_lib.schedule(cfg_lib.optim_config(c)), lora=lora_cfg,
+      frozen=frozen, frozen_shardings=p_sh if lora_cfg else None)
   writer = logs.MetricsWriter(out, int(state.step)) if main else None
+  trained = ("all of them" if lora_cfg is None else f"LoRA rank {lora_cfg.rank} on "
+             f"{','.join(lora_cfg.targets)}: {lora_lib.num_params(state.params) / 1e6:.3f}M trained")
   echo(f"[setup] {c.algorithm} {c.method}: model={c.model.source} ({mc.family}, "
-       f"{n_params / 1e6:.2f}M params, compute {c.model.dtype}), mesh data/fsdp/tensor={shape} "
+       f"{n_params / 1e6:.2f}M params, {trained}, compute {c.model.dtype}), mesh data/fsdp/tensor={shape} "
        f"on {jax.device_count()} {jax.devices()[0].platform} devices in "
        f"{jax.process_count()} process(es){f', files in {out}' if remote else ''} "
        f"({time.perf_counter() - t0:.1f}s)")
   return Run(c=c, out=out, remote=remote, model=build.Model(mc, None, model.tokenizer),
              mesh=mesh, rules=rules, tx=tx, state=state, state_shardings=state_sh,
              train_step=train_step, checkpointer=checkpointer, meta=meta, echo=echo,
-             writer=writer, initial_params=initial_params)
+             writer=writer, param_shardings=p_sh, initial_params=initial_params)
 
 
 def _restore_params(run_dir: str, target: step_lib.TrainState) -> Any:
@@ -247,6 +279,14 @@ def _write_model_dir(path: pathlib.Path, mc, tokenizer) -> None:
   tokenizer.save_pretrained(path)
 
 
+def lora_base(c: ml_collections.ConfigDict) -> dict:
+  """How to load the base model a LoRA run adapts (stored with its adapters)."""
+  base = {"source": str(c.model.source), "seed": int(c.seed)}
+  if c.model.source == "tiny":
+    base["tiny"] = dict(c.model.get("tiny", {}) or {})
+  return base
+
+
 def finish(run: Run, meta: dict, stopped: bool) -> dict:
   """Final checkpoint, HF export, plots; returns a summary of the run (every process must
   call it: the save and the export's gathers are collective)."""
@@ -258,10 +298,15 @@ def finish(run: Run, meta: dict, stopped: bool) -> dict:
     records = logs.read_metrics(run.writer.path)
     plots = logs.plot_training(records, run.out)
   exported = None
+  if run.train_step.lora is not None:
+    adapters = distributed.fetch_global(run.state.params)  # every process takes part
+    if distributed.is_main():
+      lora_lib.save(adapters, run.train_step.lora, run.out / "lora.safetensors",
+                    base=lora_base(run.c))
   if run.c.export_hf and not stopped:
     from atommem_jax.models import hf_io
 
-    params = distributed.fetch_global(run.state.params)  # every process takes part
+    params = distributed.fetch_global(run.policy_params())  # every process takes part
     if distributed.is_main():
       exported = run.out / "hf"
       hf_io.save_pretrained(run.model.config.replace(param_dtype="float32"), params, exported)

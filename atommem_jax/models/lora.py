@@ -7,6 +7,10 @@ the flattened input / output dims); the effective weight is `W + (alpha / r) * A
 the adapters only (the base is an argument, never updated), which is what users
 fine-tuning 8B models on small slices expect, and what makes a trained policy small enough
 to ship (SmolLM2-135M, rank 8 on q/v: about 2 MB).
+
+An adapter file (`save`) records its LoRA config and the base model it applies to (the
+`model.source` and settings the base is loaded from), so `model.source=lora:<file>` loads
+base + adapters as one policy (`agent/build.load_model`).
 """
 from __future__ import annotations
 
@@ -84,8 +88,16 @@ def num_params(adapters: Adapters) -> int:
   return int(sum(x.size for x in jax.tree.leaves(adapters)))
 
 
-def save(adapters: Adapters, cfg: LoraConfig, path: str | os.PathLike) -> pathlib.Path:
-  """One safetensors file; the LoRA config in its metadata."""
+def abstract(cfg: LoraConfig, abstract_base: Any) -> Adapters:
+  """The adapters' `jax.ShapeDtypeStruct`s for a base given by its shapes (nothing
+  allocated): the restore target of a LoRA run's checkpoint."""
+  return jax.eval_shape(lambda: init(cfg, abstract_base))
+
+
+def save(adapters: Adapters, cfg: LoraConfig, path: str | os.PathLike,
+         base: Mapping[str, Any] | None = None) -> pathlib.Path:
+  """One safetensors file; the LoRA config (and `base`, how to load the base model: e.g.
+  {"source": "smollm2"}) in its metadata."""
   from safetensors.numpy import save_file
 
   path = pathlib.Path(path)
@@ -94,6 +106,8 @@ def save(adapters: Adapters, cfg: LoraConfig, path: str | os.PathLike) -> pathli
              for k, v in ab.items()}
   meta = {"lora": json.dumps({"rank": cfg.rank, "alpha": cfg.alpha,
                               "targets": list(cfg.targets)})}
+  if base is not None:
+    meta["base"] = json.dumps(dict(base))
   save_file(tensors, str(path), metadata=meta)
   return path
 
@@ -117,3 +131,17 @@ def load(path: str | os.PathLike) -> tuple[LoraConfig, Adapters]:
   if set(adapters) != set(cfg.targets) or any(set(ab) != {"a", "b"} for ab in adapters.values()):
     raise ValueError(f"{path}: tensors {sorted(adapters)} do not match targets {cfg.targets}")
   return cfg, adapters
+
+
+def base_of(path: str | os.PathLike) -> dict[str, Any]:
+  """The base model an adapter file was trained on (its `save(base=...)`)."""
+  from safetensors import safe_open
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"LoRA adapter file {path} does not exist")
+  with safe_open(str(path), framework="numpy") as f:
+    meta = f.metadata() or {}
+  if "base" not in meta:
+    raise ValueError(f"{path} does not say which base model it adapts (no 'base' metadata)")
+  return json.loads(meta["base"])

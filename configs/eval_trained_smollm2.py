@@ -1,0 +1,46 @@
+"""The trained SmolLM2-135M AtomMem policy against the baselines on real dev questions.
+
+  python -m atommem_jax.eval --config=configs/eval_trained_smollm2.py \
+      [--config.data.dataset=hotpotqa --config.data.data_dir=DIR --config.max_examples=N \
+       --config.data.num_docs=50 --config.output_dir=outputs/eval_trained_smollm2]
+
+The policy is the shipped LoRA adapter (atommem_jax/trained/smollm2_atommem.safetensors:
+SmolLM2-135M-Instruct + rank-8 adapters from configs/smollm2_sft.py, loaded and merged by
+`model.source=lora:<file>`), or any trained policy given by --config.model.source
+(lora:<run>/lora.safetensors, orbax:<run dir>, hf:<run>/hf). `atommem` runs it with the
+compact prompts it was trained on; the baselines (memagent, rag, static_summary,
+full_context) run the same model weights with their own prompts, so the table compares
+memory methods on one model. `data.data_dir` may hold the official
+hotpot_dev_distractor_v1.json (else the local sample in ../shared/data is used; results.json
+says which). The environment matches training: 512-token sections, no overlap, prompts up
+to 2,048 tokens; at 50 documents (~7K tokens) that is ~14 sections per question.
+Resumable: finished episodes in output_dir/episodes are reused by a rerun.
+"""
+import pathlib
+
+import atommem_jax
+from configs import common
+
+ADAPTER = pathlib.Path(atommem_jax.__file__).parent / "trained" / "smollm2_atommem.safetensors"
+
+
+def get_config():
+  c = common.base()
+  c.output_dir = "outputs/eval_trained_smollm2"
+  c.model.source = f"lora:{ADAPTER}"
+  c.max_examples = 100
+  c.methods = "atommem,memagent,rag,static_summary,full_context"
+  c.data.dataset = "hotpotqa"
+  c.data.num_docs = "50"
+  c.prompts.system = "compact_system.txt"
+  c.prompts.step = "compact_step.txt"
+  c.prompts.final = "compact_final.txt"
+  c.env.chunk_size = 512
+  c.env.overlap = 0
+  c.memory.capacity = 64
+  c.sampling.max_prompt_tokens = 2048
+  c.sampling.max_new_tokens = 160
+  c.sampling.max_answer_tokens = 32
+  c.sampling.batch_size = 16
+  c.max_memory_chars = 300
+  return c

@@ -42,7 +42,7 @@ def get_config():
   c.lora.rank = 8
   c.lora.alpha = 16.0
   c.lora.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-  c.steps = 60
+  c.steps = 40  # one epoch of the 157 packed rows
   c.checkpoint_every = 5
   c.optim.learning_rate = 5e-4
   c.optim.warmup_steps = 5

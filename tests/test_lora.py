@@ -146,6 +146,13 @@ def test_lora_config_errors_name_the_key(tmp_path):
                     ({"lora.rank": 4, "lora.alpha": 0.0}, "lora.alpha")):
     with pytest.raises(ConfigError, match=key):
       cfg_lib.validate(_micro_config("tiny_cpu_sft", tmp_path, **over))
+  for name, over, key in (
+      ("tiny_cpu_sft", {"init_from": str(tmp_path)}, "init_from: only GRPO"),
+      ("tiny_cpu_grpo", {"init_from": str(tmp_path / "nowhere"), "warm_start.sft_steps": 0},
+       "init_from: .* is not a training run"),
+      ("tiny_cpu_grpo", {"init_from": str(tmp_path)}, "init_from and warm_start")):
+    with pytest.raises(ConfigError, match=key):
+      cfg_lib.validate(_micro_config(name, tmp_path, **over))
   from configs import common
 
   e = common.base()
@@ -158,3 +165,19 @@ def build_check(e):
   from atommem_jax.agent import build
 
   build.check_agent_config(e, ("atommem",))
+
+
+def test_eval_resume_fingerprint_covers_the_adapter_contents(tmp_path, base):
+  """Retraining into the same adapter path must not reuse the old policy's episodes."""
+  from atommem_jax.eval import resume
+  from configs import common
+
+  cfg = lora.LoraConfig(rank=2)
+  path = tmp_path / "a.safetensors"
+  lora.save(lora.init(cfg, base, seed=0), cfg, path, base={"source": "tiny"})
+  e = common.base()
+  e.model.source = f"lora:{path}"
+  before = resume.fingerprint(e)
+  lora.save(jax.tree.map(lambda x: x + 1, lora.init(cfg, base, seed=0)), cfg, path,
+            base={"source": "tiny"})
+  assert resume.fingerprint_diff(before, resume.fingerprint(e)), "adapter change not seen"

@@ -109,12 +109,26 @@ def template_hashes(c: ml_collections.ConfigDict) -> dict[str, str]:
   return out
 
 
+def weights_hash(c: ml_collections.ConfigDict) -> dict[str, str]:
+  """sha256 of a LoRA adapter file (`model.source=lora:<file>`): retraining into the same
+  path changes the policy without changing the config. (Other sources name their weights
+  by path or by a run directory whose latest step the reader can see in the episodes.)"""
+  src = str(c.model.source)
+  if not src.startswith("lora:"):
+    return {}
+  try:
+    return {"model.weights.sha256": hashlib.sha256(pathlib.Path(src[5:]).read_bytes()).hexdigest()}
+  except OSError as e:
+    raise ConfigError(f"model.source: cannot read {src[5:]} ({e})") from None
+
+
 def fingerprint(c: ml_collections.ConfigDict) -> dict[str, object]:
   """What can change a finished episode, flattened (`a.b` -> value): the config keys, the
-  prompt templates' contents and the code version."""
+  prompt templates' contents, a LoRA adapter's contents and the code version."""
   flat = _flatten(json.loads(c.to_json_best_effort()))
   fp = {k: v for k, v in flat.items() if k.split(".")[0] not in _NOT_RESULT_KEYS}
   fp.update(template_hashes(c))
+  fp.update(weights_hash(c))
   fp.update(code_version())
   return dict(sorted(fp.items()))
 

@@ -146,9 +146,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     from atommem_jax.data import raw
     from atommem_jax.training import data as data_lib
 
-    if c.method != "atommem":
-      raise ConfigError(f"data.source='real': the privileged teacher plays AtomMem; method "
-                        f"{c.method!r} has no real-data teacher")
+    if c.method not in ("atommem", "memagent"):
+      raise ConfigError(f"data.source='real': method {c.method!r} has no real-data teacher")
+    if c.method == "memagent" and not 27 <= c.max_memory_chars <= 4096:
+      raise ConfigError("max_memory_chars: the MemAgent teacher's scratchpad budget must be in "
+                        f"[27, 4096] (the parser's tag limit), got {c.max_memory_chars}")
     names = data_lib.datasets(c)
     if not names or any(n not in data_lib.REAL_DATASETS for n in names):
       raise ConfigError(f"data.datasets must list datasets from {data_lib.REAL_DATASETS}, got "

@@ -23,7 +23,7 @@ from atommem_jax.agent.trajectory import Trajectory, read_jsonl
 from atommem_jax.training import packing
 
 # The scripted teacher of each trained method on synthetic tasks (on real data the
-# privileged teacher of agent/teacher.py plays AtomMem).
+# privileged teachers: agent/teacher.py for AtomMem, agent/memagent_teacher.py for MemAgent).
 TEACHERS = {"atommem": "oracle", "memagent": "scratchpad_only"}
 REAL_DATASETS = ("hotpotqa", "2wiki", "musique")
 
@@ -76,24 +76,29 @@ def training_episodes(c: ml_collections.ConfigDict, n: int, start: int = 0) -> l
   return out
 
 
-def make_teacher(method: str, source: str):
-  """The scripted teacher of `method` for a data source."""
+def make_teacher(method: str, source: str, max_memory_chars: int = 1000):
+  """The scripted teacher of `method` for a data source (real data: the privileged teacher
+  of AtomMem, or its MemAgent-style counterpart with a scratchpad of `max_memory_chars`)."""
   if source == "real":
+    if method == "memagent":
+      from atommem_jax.agent import memagent_teacher
+
+      return memagent_teacher.make_memagent_teacher(max_chars=max_memory_chars)
     from atommem_jax.agent import teacher
 
     if method != "atommem":
-      raise ValueError(f"no real-data teacher for method {method!r} (the privileged teacher "
-                       "plays AtomMem)")
+      raise ValueError(f"no real-data teacher for method {method!r}")
     return teacher.make_teacher()
   return oracle.make_scripted_policy(TEACHERS[method])
 
 
 def teacher_trajectories(engine, student, method: str, episodes: Sequence[Episode],
-                         batch_size: int = 16, source: str = "synthetic") -> list[Trajectory]:
+                         batch_size: int = 16, source: str = "synthetic",
+                         max_memory_chars: int = 1000) -> list[Trajectory]:
   """The scripted teacher of `method` on `episodes`, rendered with `student`'s prompts."""
   from atommem_jax.agent import policies
 
-  teacher = policies.RenderedTeacher(make_teacher(method, source), student)
+  teacher = policies.RenderedTeacher(make_teacher(method, source, max_memory_chars), student)
   out: list[Trajectory] = []
   for k in range(0, len(episodes), batch_size):
     out += engine.run(list(episodes[k:k + batch_size]), teacher).trajectories

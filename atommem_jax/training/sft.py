@@ -53,7 +53,8 @@ def sft_turns(run: trainer.Run):
   else:
     episodes = data_lib.synthetic_episodes(c, c.data.num_examples)
   trajs = data_lib.teacher_trajectories(engine, student, c.method, episodes,
-                                        source=c.data.source)
+                                        source=c.data.source,
+                                        max_memory_chars=c.max_memory_chars)
   if c.data.source == "real" and c.data.synthetic_examples:
     # Mixed in: the scripted oracle's synthetic CRUD tasks (every op, corrections, deletions).
     trajs += data_lib.teacher_trajectories(

@@ -221,7 +221,9 @@ class RealDataTeacher:
       if f.text in section:
         plan.full.append(f)
       elif f.key in notes.partial and (rest := shown_suffix(section, f.text, 1)) is not None \
-          and notes.partial[f.key][1] + rest == f.text:
+          and len(notes.partial[f.key][1]) + len(rest) >= len(f.text):
+        # The shown prefix and the rest shown now cover the sentence (with an overlap
+        # shorter than the sentence they share its middle).
         plan.rest.append((f, rest))
       elif (pre := shown_prefix(section, f.text, n)) is not None:
         if f.key not in notes.partial or len(pre) > len(notes.partial[f.key][1]):
@@ -325,7 +327,9 @@ class RealDataTeacher:
     for f, rest in plan.rest:
       part = notes.partial.pop(f.key, None)
       if part is not None and part[0] in index and index[part[0]] not in touched:
-        done = entry(f.title, part[1] + rest)  # the shown prefix and the rest shown now
+        # The shown prefix and the rest shown now: the whole sentence when they cover it.
+        done = entry(f.title, f.text if len(part[1]) + len(rest) >= len(f.text)
+                     else part[1] + rest)
         rewrite(index[part[0]], part[0], done)
         notes.full[f.key] = done
       else:

@@ -1,34 +1,29 @@
-"""The README's main job: prompted SmolLM2-135M-Instruct as an AtomMem agent vs baselines.
-
-Runs on 2 CPU cores in about 11 minutes (measured: AtomMem 5.5, MemAgent 3.8, RAG 1.5;
-the rest is loading): 3 real HotpotQA dev questions, MemAgent-style
-documents of 50 Wikipedia paragraphs (~7K tokens) read in 2,048-token sections, at most 6
-reading calls per episode (then it answers), 128 new tokens per call.
+"""The README's main job (real-data half): the shipped trained SmolLM2-135M AtomMem policy vs
+the baselines on held-out real HotpotQA dev questions.
 
   python -m atommem_jax.eval --config=configs/default.py
-Scale up with overrides, e.g. `--config.max_examples=50 --config.data.num_docs=50,200`
-(or configs/eval_hotpotqa_smollm2.py for every method on 50 questions), or
-`--config.env.chunk_size=4000 --config.env.max_calls=41 --config.sampling.max_prompt_tokens=8192
---config.model.source=hf:/ckpt/AtomMem-8B` on an accelerator (a 4,000-token section needs a
-prompt budget above 4,096: `validate` refuses a budget that would cut every reading prompt).
-The untrained 135M model mostly fails the protocol; these numbers are the starting point
-that SFT/GRPO must beat.
+
+The policy is SmolLM2-135M-Instruct plus the LoRA adapter trained by configs/smollm2_sft.py
+(atommem_jax/trained/smollm2_atommem.safetensors; the same settings as
+configs/eval_trained_smollm2.py, which runs the full comparison). Questions come from the dev
+split (never trained on), in MemAgent-style documents of 20 Wikipedia paragraphs (~3K
+tokens, longer than the training documents' own 10-20 paragraphs) read in 512-token
+sections. `launch/run_local.sh` runs this after configs/eval_trained_synthetic.py (held-out
+synthetic tasks); wall times on 2 cores are in the README.
+Scale up with overrides, e.g. `--config.max_examples=100 --config.data.num_docs=50,200`.
+The prompted model: configs/eval_prompted_smollm2_quick.py (or
+`--config.model.source=smollm2`).
 """
-from configs import common
+from configs import eval_trained_smollm2
 
 
 def get_config():
-  c = common.base()
+  c = eval_trained_smollm2.get_config()
   c.output_dir = "outputs/default"
-  c.max_examples = 3
+  c.max_examples = 4
   c.methods = "atommem,memagent,rag"
   c.data.dataset = "hotpotqa"
-  c.data.num_docs = "50"
-  c.env.chunk_size = 2048
-  c.env.max_calls = 6
-  c.sampling.max_new_tokens = 128
-  c.sampling.max_answer_tokens = 32
-  c.sampling.max_prompt_tokens = 4096
-  c.max_memory_chars = 400
+  c.data.num_docs = "20"
+  c.sampling.batch_size = 4
   c.verbose = True
   return c

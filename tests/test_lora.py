@@ -1,6 +1,8 @@
 """LoRA adapters: start at the base model, train only themselves, round-trip through a file."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,7 +125,8 @@ def test_lora_run_ships_an_adapter_that_loads_as_the_trained_policy(tmp_path):
   assert adapter.stat().st_size < 200_000
   e = common.base()
   models = {}
-  for src in (f"lora:{adapter}", f"orbax:{run}", f"hf:{run / 'hf'}"):
+  relative = os.path.relpath(run)  # as users type it: orbax itself wants absolute paths
+  for src in (f"lora:{adapter}", f"orbax:{relative}", f"hf:{run / 'hf'}"):
     e.model.source = src
     build.check_agent_config(e, ("atommem",))
     models[src.split(":")[0]] = build.load_model(e, tmp_path / src.split(":")[0])

@@ -49,7 +49,7 @@ def load_params(run_dir: str | os.PathLike, target: Any, step: int | None = None
   `target` (its `jax.ShapeDtypeStruct`s: the model's, or a LoRA run's adapters')."""
   import orbax.checkpoint as ocp
 
-  run_dir = pathlib.Path(run_dir)
+  run_dir = pathlib.Path(run_dir).resolve()  # orbax refuses relative checkpoint paths
   path = run_dir / "checkpoints" / str(latest_step(run_dir, step)) / "state"
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32), target)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # the trainer reshards as it needs

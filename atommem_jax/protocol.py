@@ -312,6 +312,13 @@ def parse(text: str, max_chars: int | None = DEFAULT_MAX_CHARS) -> ParsedStep:
 
 
 # --- Rendering. ---------------------------------------------------------------------------
+def strip_tags(text: str) -> str:
+  """`text` without any tag markup (`<x>`, `</x>`), whitespace collapsed at the seams: the
+  free text of a malformed reply (e.g. an unclosed `<update_memory>`) made safe to keep as
+  plain text, e.g. as a scratchpad that must render back through `parse`."""
+  return re.sub(r"[ \t]{2,}", " ", _TAG_RE.sub(" ", text)).strip()
+
+
 def render_op(op: Op) -> str:
   """One op in canonical syntax."""
   tag = TAG_OF_KIND[op.kind]

@@ -284,3 +284,31 @@ def test_pathological_inputs():
   s = parse("<foo>" * 5000 + "<add_memory>x</add_memory>")
   assert s.ops == (Op("create", "x"),) and len(s.errors) == 5000
   assert kinds(parse("<think>" * 3000)) == [E.UNCLOSED_TAG]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("<update_memory><update_memory>Ham, London. The Cup", "Ham, London. The Cup"),
+    ("notes <foo>x</foo> and <final_answer>\\boxed{A", "notes x and \\boxed{A"),
+    ("plain text", "plain text"),
+])
+def test_strip_tags_leaves_text_that_renders_as_a_scratchpad(text, expected):
+  out = protocol.strip_tags(text)
+  assert out == expected
+  assert parse(render([Op(protocol.SCRATCHPAD, out)], max_chars=None)).ops == (
+      Op(protocol.SCRATCHPAD, out),)
+
+
+def test_memagent_keeps_a_malformed_reply_as_plain_notes_not_a_crash():
+  """A MemAgent reply with an unclosed <update_memory> (seen from a trained SmolLM2) used to
+  crash the run when its free text, tags included, was rendered as the new scratchpad."""
+  from atommem_jax.agent import environment as env_lib
+  from atommem_jax.agent import policies
+  from atommem_jax.agent.rollout import Action, Observation
+
+  ep = env_lib.Episode(episode_id="e", questions=("q?",), golds=(("a",),), document="d")
+  o = Observation(episode=ep, sample=0, phase=env_lib.READING, chunk_index=0, num_chunks=1,
+                  chunk="d", question_index=0, scratchpad="old", query=None, memories=(),
+                  query_times=0, max_query_times=3)
+  policy = policies.MemAgentPolicy.__new__(policies.MemAgentPolicy)  # no model needed here
+  applied = policy._interpret(o, Action(text="<update_memory><update_memory>Ham, London"))
+  assert parse(applied).ops == (Op(protocol.SCRATCHPAD, "Ham, London"),)

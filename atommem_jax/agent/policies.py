@@ -317,7 +317,8 @@ class MemAgentPolicy(_AnswerFromContext):
     parsed = protocol.parse(action.text)
     notes = next((op.text for op in parsed.ops if op.kind == protocol.SCRATCHPAD), None)
     if notes is None:  # the model ignored the tag: its whole reply is the new memory
-      notes = parsed.free_text.strip() or o.scratchpad
+      # (minus any tag markup left by a malformed reply, e.g. an unclosed <update_memory>)
+      notes = protocol.strip_tags(parsed.free_text) or o.scratchpad
     if not notes:
       return None
     return protocol.render([protocol.Op(protocol.SCRATCHPAD, notes)], max_chars=None)

@@ -95,7 +95,7 @@ def test_base_config_fits_smollm2_window():
     ("memory.max_ops", 0, "positive"),
     ("memory.overflow", "bogus", "'error', 'evict_oldest'"),
     ("memory.delete_mode", "shred", "'remove', 'blank'"),
-    ("env.overlap", 5000, r"\[0, env.chunk_size=2048\)"),
+    ("env.overlap", 5000, r"\[0, env.chunk_size=512\)"),
     ("env.chunk_size", 0, "positive"),
     ("group_size", 4, "identical samples"),
     ("group_size", 0, "positive"),

@@ -163,6 +163,7 @@ def test_real_training_episodes_come_from_train_splits_in_a_seeded_order():
   assert {e.episode_id for e in first[:10]} == {e.episode_id for e in pool}  # one epoch each
   assert [e.episode_id for e in data_lib.training_episodes(c, 2, start=10)] == \
       [e.episode_id for e in first[10:]]
-  c.method = "memagent"
-  with pytest.raises(cfg_lib.ConfigError, match="data.source='real'"):
+  c.method = "memagent"  # the MemAgent-style teacher plays it, within a scratchpad budget
+  c.max_memory_chars = 20
+  with pytest.raises(cfg_lib.ConfigError, match="max_memory_chars"):
     cfg_lib.validate(c)

@@ -20,6 +20,11 @@ def base() -> ml_collections.ConfigDict:
   # synthetic tasks oracle, scratchpad_only, create_all_read_once.
   c.methods = "atommem,memagent,rag,static_summary,full_context"
   c.group_size = 1  # rollouts per question (G); >1 samples (needs temperature > 0)
+  # Other models for some methods, in one run and one table: label=source pairs (sources as
+  # model.source), used as `method@label` in `methods`, e.g. method_models="base=smollm2"
+  # with methods="atommem,atommem@base,memagent@base" compares a trained policy (model.source)
+  # with the prompted base model. Sections are cut with model.source's tokenizer.
+  c.method_models = ""
 
   # Policy model. source: "smollm2" (shipped GGUF), "tiny" (random, for smoke tests),
   # "hf:<dir>" (Hugging Face checkpoint dir), "gguf:<file>".
@@ -101,7 +106,8 @@ def base() -> ml_collections.ConfigDict:
 def train_base() -> ml_collections.ConfigDict:
   """Training (`python -m atommem_jax.training`): the agent keys of `base()` plus these."""
   c = base()
-  for key in ("max_examples", "methods", "group_size", "viewer_episodes", "verbose", "resume"):
+  for key in ("max_examples", "methods", "method_models", "group_size", "viewer_episodes",
+              "verbose", "resume"):
     del c[key]
   c.data = ml_collections.ConfigDict()
   c.output_dir = "outputs/train"

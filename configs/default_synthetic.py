@@ -17,4 +17,5 @@ def get_config():
   c.max_examples = 8
   c.data.num_docs = "8"
   c.sampling.batch_size = 8
+  c.methods = "atommem,scratchpad_only,create_all_read_once,oracle"
   return c

@@ -8,9 +8,12 @@ The policy is the shipped LoRA adapter (atommem_jax/trained/smollm2_atommem.safe
 SmolLM2-135M-Instruct + rank-8 adapters from configs/smollm2_sft.py, loaded and merged by
 `model.source=lora:<file>`), or any trained policy given by --config.model.source
 (lora:<run>/lora.safetensors, orbax:<run dir>, hf:<run>/hf). `atommem` runs it with the
-compact prompts it was trained on; the baselines (memagent, rag, static_summary,
-full_context) run the same model weights with their own prompts, so the table compares
-memory methods on one model. `data.data_dir` may hold the official
+compact prompts it was trained on; `atommem@base` is the prompted base model
+(SmolLM2-135M-Instruct, `method_models`) with the same prompts, and the baselines
+(memagent, rag, static_summary, full_context) run on the base model with their own prompts,
+as they would without training. Add a trained MemAgent-style policy with
+`--config.method_models=base=smollm2,memagent_sft=lora:<run>/lora.safetensors
+--config.methods=...,memagent@memagent_sft`. `data.data_dir` may hold the official
 hotpot_dev_distractor_v1.json (else the local sample in ../shared/data is used; results.json
 says which). The environment matches training: 512-token sections, no overlap, prompts up
 to 2,048 tokens; at 50 documents (~7K tokens) that is ~14 sections per question.
@@ -29,7 +32,9 @@ def get_config():
   c.output_dir = "outputs/eval_trained_smollm2"
   c.model.source = f"lora:{ADAPTER}"
   c.max_examples = 100
-  c.methods = "atommem,memagent,rag,static_summary,full_context"
+  c.methods = ("atommem,atommem@base,memagent@base,rag@base,static_summary@base,"
+               "full_context@base")
+  c.method_models = "base=smollm2"
   c.data.dataset = "hotpotqa"
   c.data.num_docs = "50"
   c.prompts.system = "compact_system.txt"

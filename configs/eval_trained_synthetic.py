@@ -7,7 +7,7 @@ static memory workflows and the scripted oracle.
 Held out from training (configs/smollm2_sft.py: data.seed=1000, 6 sections, 1 correction, 1
 retraction): tasks from seed 0 (another stream), 8 and 12 sections per document, 2
 corrections and 2 retractions. `atommem` is the trained policy with the compact prompts it
-was trained on; `scratchpad_only` (facts kept in a scratchpad of 2) and
+was trained on, `atommem@base` the prompted base model with the same prompts; `scratchpad_only` (facts kept in a scratchpad of 2) and
 `create_all_read_once` (every fact created, never updated or deleted) are static workflows
 given the same relevance signal, and `oracle` is the scripted teacher (an upper bound: it
 knows the task's events). Exact match is the metric (answers are names or counts, so a
@@ -20,7 +20,7 @@ def get_config():
   c = eval_trained_smollm2.get_config()
   c.output_dir = "outputs/eval_trained_synthetic"
   c.max_examples = 32
-  c.methods = "atommem,scratchpad_only,create_all_read_once,oracle"
+  c.methods = "atommem,atommem@base,scratchpad_only,create_all_read_once,oracle"
   c.data.dataset = "synthetic"
   c.data.num_docs = "8,12"  # sections per document (training: 6)
   c.data.synthetic_task = "mixed"

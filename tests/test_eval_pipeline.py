@@ -134,3 +134,34 @@ def test_real_dataset_files_and_an_hf_checkpoint_through_the_cli_runner(tmp_path
   trajs = list(read_jsonl(tmp_path / "tiny_test" / "trajectories.jsonl"))
   assert {t.meta["dataset"] for t in trajs} == {"hotpotqa", "2wiki", "musique"}
   assert {t.episode_id.rsplit("-", 1)[1] for t in trajs} == {"4", "8"}
+
+
+def test_methods_on_labelled_models_share_one_run_and_table(tmp_path):
+  """`method_models` + `method@label`: one run evaluates a method on several models (a
+  trained policy and its base, say). A labelled model equal to model.source gives the same
+  trajectories as the unlabelled method; rows, store files and trajectories carry the label."""
+  c = _config("tiny_test", tmp_path, methods="atommem,atommem@same,rag@same",
+              method_models="same=tiny", max_examples=1)
+  res = runner.evaluate(c, echo=lambda s: None)
+  assert set(res) == {"atommem", "atommem@same", "rag@same"}
+  out = tmp_path / "tiny_test"
+  assert (out / "episodes" / "atommem@same@synthetic@6.jsonl").exists()
+  trajs = {t.method: t for t in read_jsonl(out / "trajectories.jsonl")}
+  assert set(trajs) == set(res)
+  assert ([s.response_ids for s in trajs["atommem"].steps]
+          == [s.response_ids for s in trajs["atommem@same"].steps])
+  assert res["atommem@same"]["seconds"] > 0 and res["atommem"]["seconds"] > 0
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"methods": "atommem@nope"}, r"^methods: 'atommem@nope' names model label 'nope'"),
+    ({"methods": "atommem,oracle@x", "method_models": "x=tiny", "data.dataset": "synthetic"},
+     r"^methods: 'oracle@x': oracle is scripted"),
+    ({"methods": "atommem@x", "method_models": "x"}, r"^method_models: expected"),
+    ({"methods": "atommem@x", "method_models": "x=bogus"}, r"^method_models \(x\): model.source"),
+    ({"methods": "atommem,atommem"}, r"^methods: .* twice"),
+])
+def test_labelled_model_errors_name_the_key(tmp_path, over, match):
+  c = _config("tiny_test", tmp_path, **over)
+  with pytest.raises(cfg_lib.ConfigError, match=match):
+    cfg_lib.validate(c)

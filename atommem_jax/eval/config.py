@@ -21,7 +21,41 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def methods(c: ml_collections.ConfigDict) -> list[str]:
+  """The configured method names, as written (`atommem`, `atommem@base`, ...)."""
   return [m.strip() for m in str(c.methods).split(",") if m.strip()]
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+  """`"memagent@base"` -> ("memagent", "base"); `"rag"` -> ("rag", None): the method, and
+  the label of the model it runs on (None: `model.source`)."""
+  method, _, label = name.partition("@")
+  return method.strip(), (label.strip() or None) if _ else None
+
+
+def model_labels(c: ml_collections.ConfigDict) -> dict[str, str]:
+  """`method_models = "base=smollm2,sft=lora:<file>"` as {label: model source}."""
+  out: dict[str, str] = {}
+  for item in str(c.get("method_models", "") or "").split(","):
+    if not item.strip():
+      continue
+    label, eq, source = item.partition("=")
+    label, source = label.strip(), source.strip()
+    if not eq or not label or not source or not label.replace("_", "").isalnum():
+      raise ConfigError(f"method_models: expected comma-separated label=source pairs with "
+                        f"alphanumeric labels, got {item.strip()!r}")
+    if label in out:
+      raise ConfigError(f"method_models: label {label!r} given twice")
+    out[label] = source
+  return out
+
+
+def labelled_config(c: ml_collections.ConfigDict, label: str | None) -> ml_collections.ConfigDict:
+  """`c` with `model.source` set to the model `label` names (`c` itself for None)."""
+  if label is None:
+    return c
+  lc = ml_collections.ConfigDict(c.to_dict())
+  lc.model.source = model_labels(c)[label]
+  return lc
 
 
 def datasets(c: ml_collections.ConfigDict) -> list[str]:
@@ -50,9 +84,22 @@ def _check_methods_and_data(c: ml_collections.ConfigDict) -> None:
   if not ms:
     raise ConfigError("methods: empty; name at least one method")
   known = LLM_METHODS + SCRIPTED_METHODS + REAL_SCRIPTED_METHODS
-  for m in ms:
+  labels = model_labels(c)
+  if len(set(ms)) != len(ms):
+    raise ConfigError(f"methods: {c.methods!r} names a method twice")
+  for name in ms:
+    m, label = split_method(name)
     if m not in known:
       raise ConfigError(f"methods: unknown method {m!r}; known: {known}")
+    if label is not None and label not in labels:
+      raise ConfigError(f"methods: {name!r} names model label {label!r}, which method_models "
+                        f"does not define (labels: {sorted(labels)})")
+    if label is not None and m not in LLM_METHODS:
+      raise ConfigError(f"methods: {name!r}: {m} is scripted and runs no model; drop '@{label}'")
+  if labels and c.embedder == "policy":
+    raise ConfigError("embedder: 'policy' embeds with model.source's model; with method_models "
+                      "several models run, so use 'minilm' or 'hashing'")
+  ms = [split_method(n)[0] for n in ms]
   ds = datasets(c)
   if not ds or any(d not in DATASETS for d in ds):
     raise ConfigError(f"data.dataset must list datasets from {DATASETS}, got {c.data.dataset!r}")
@@ -109,4 +156,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.sampling.batch_size <= 0:
     raise ConfigError(f"sampling.batch_size must be positive, got {c.sampling.batch_size}")
   _check_data_files(c)
-  check_agent_config(c, methods(c), c.group_size)
+  by_label: dict[str | None, list[str]] = {}
+  for name in methods(c):
+    m, label = split_method(name)
+    by_label.setdefault(label, []).append(m)
+  check_agent_config(c, by_label.get(None, []), c.group_size)
+  for label, ms in by_label.items():
+    if label is not None:
+      try:
+        check_agent_config(labelled_config(c, label), ms, c.group_size)
+      except ConfigError as e:
+        raise ConfigError(f"method_models ({label}): {e}") from None

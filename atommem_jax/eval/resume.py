@@ -110,16 +110,23 @@ def template_hashes(c: ml_collections.ConfigDict) -> dict[str, str]:
 
 
 def weights_hash(c: ml_collections.ConfigDict) -> dict[str, str]:
-  """sha256 of a LoRA adapter file (`model.source=lora:<file>`): retraining into the same
+  """sha256 of each LoRA adapter file (`model.source` or a `method_models` source of the form
+  `lora:<file>`): retraining into the same
   path changes the policy without changing the config. (Other sources name their weights
   by path or by a run directory whose latest step the reader can see in the episodes.)"""
-  src = str(c.model.source)
-  if not src.startswith("lora:"):
-    return {}
-  try:
-    return {"model.weights.sha256": hashlib.sha256(pathlib.Path(src[5:]).read_bytes()).hexdigest()}
-  except OSError as e:
-    raise ConfigError(f"model.source: cannot read {src[5:]} ({e})") from None
+  sources = {"model": str(c.model.source)}
+  for item in str(c.get("method_models", "") or "").split(","):
+    label, _, src = item.partition("=")
+    if src.strip():
+      sources[f"method_models.{label.strip()}"] = src.strip()
+  out = {}
+  for key, src in sources.items():
+    if src.startswith("lora:"):
+      try:
+        out[f"{key}.weights.sha256"] = hashlib.sha256(pathlib.Path(src[5:]).read_bytes()).hexdigest()
+      except OSError as e:
+        raise ConfigError(f"{key}: cannot read {src[5:]} ({e})") from None
+  return out
 
 
 def fingerprint(c: ml_collections.ConfigDict) -> dict[str, object]:

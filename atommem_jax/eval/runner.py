@@ -5,6 +5,7 @@ wires together (rollout engine, policies, metrics, reports) are pure or nearly s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -51,12 +52,18 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
   t0 = time.perf_counter()
   model = build.load_model(c, out)
   embed_fn, dim = build.build_embedder(c, model)
-  echo(f"[setup] model={c.model.source} embedder={c.embedder} ({time.perf_counter() - t0:.1f}s)")
+  # Models of `method@label` methods (method_models), each loaded once.
+  models: dict[str | None, build.Model | None] = {None: model}
+  for label in sorted({cfg_lib.split_method(n)[1] for n in cfg_lib.methods(c)} - {None}):
+    models[label] = build.load_model(cfg_lib.labelled_config(c, label), out / f"model_{label}")
+  labelled = "".join(f" {k}={cfg_lib.model_labels(c)[k]}" for k in models if k is not None)
+  echo(f"[setup] model={c.model.source}{labelled} embedder={c.embedder} "
+       f"({time.perf_counter() - t0:.1f}s)")
   # Sections are cut with the policy's tokenizer; without a model, with model.tokenizer.
   tokenizer = model.tokenizer if model else (build.policy_tokenizer(c) if c.model.tokenizer
                                              else None)
   runs: dict[str, dict[tuple[str, str], list[Trajectory]]] = {}
-  timings: dict[str, float] = {}
+  timings: dict[tuple[str, str], float] = {}  # (method name, cell) -> seconds
   prompt_stats: dict[str, dict[str, int]] = {}
   provenance = {d: episodes_lib.provenance(c, d) for d in cfg_lib.datasets(c)}  # for the reports
   for dataset in cfg_lib.datasets(c):
@@ -64,12 +71,14 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
       eps = episodes_lib.load(c, length, tokenizer, dataset=dataset)
       echo(f"[data] {dataset} length={length}: {len(eps)} episodes, "
            f"{np.mean([len(e.document) for e in eps]):.0f} chars on average")
-      for method in cfg_lib.methods(c):
-        cell = f"{method}@{dataset}/{length}"
-        policy = build.make_policy(method, model, c, c.seed)
+      for name in cfg_lib.methods(c):  # "method" or "method@label" (another model)
+        method, label = cfg_lib.split_method(name)
+        mdl = models[label]
+        cell = f"{name}:{dataset}/{length}" if label else f"{name}@{dataset}/{length}"
+        policy = build.make_policy(method, mdl, c, c.seed)
         start = time.perf_counter()
         wanted = {e.episode_id for e in eps}
-        done = [t for t in resume_lib.latest(store.load(method, dataset, str(length)))
+        done = [t for t in resume_lib.latest(store.load(name, dataset, str(length)))
                 if t.episode_id in wanted]
         finished = resume_lib.finished_episodes(done, c.group_size)
         trajs: list[Trajectory] = [t for t in done if t.episode_id in finished]
@@ -84,24 +93,26 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
           batch = todo[k:k + bs]
           if method == "full_context":
             new = pol.full_context(policy, batch, metrics.score_all,
-                                   answer_template=c.prompts.answer, params=model.params)
+                                   answer_template=c.prompts.answer, params=mdl.params)
           else:
             eng = RolloutEngine(build.rollout_config(c, method, dim), tokenizer,
                                 embed_fn, metrics.score_all)
             new = eng.run(batch, policy, group_size=c.group_size,
-                          params=model.params if model else None,
+                          params=mdl.params if mdl else None,
                           progress=lambda step, active: bar.set_postfix(
                               call=step, running=active, refresh=True)).trajectories
-          store.append(method, dataset, str(length), new)
+          if label is not None:  # the trajectory names what ran, model label included
+            new = [dataclasses.replace(t, method=name) for t in new]
+          store.append(name, dataset, str(length), new)
           trajs += new
           bar.update(len(batch))
         bar.close()
         order = {e.episode_id: i for i, e in enumerate(eps)}
         trajs.sort(key=lambda t: (order[t.episode_id], t.sample))
-        timings[cell] = time.perf_counter() - start
+        timings[(name, cell)] = time.perf_counter() - start
         lm = policy if isinstance(policy, pol.LMClient) else getattr(policy, "lm", None)
         if lm is not None:
-          st = prompt_stats.setdefault(method, {"longest_prompt_tokens": 0,
+          st = prompt_stats.setdefault(name, {"longest_prompt_tokens": 0,
                                                 "longest_prompt_tokens_before_cut": 0,
                                                 "truncated_prompts": 0, "model_calls": 0,
                                                 "prompt_tokens": 0, "generated_tokens": 0,
@@ -118,22 +129,22 @@ def evaluate(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) 
                        ("generate_seconds", lm.generate_seconds)):
             st[k] += v
           if lm.truncated_prompts:  # the policy (and its client) is this cell's own
-            echo(f"[warning] {method}: {lm.truncated_prompts} of {lm.prompts_encoded} prompts "
+            echo(f"[warning] {name}: {lm.truncated_prompts} of {lm.prompts_encoded} prompts "
                  "were longer than sampling.max_prompt_tokens and lost their middle")
-        runs.setdefault(method, {})[(dataset, str(length))] = trajs
+        runs.setdefault(name, {})[(dataset, str(length))] = trajs
         if c.get("verbose", False):
           for t in trajs[:3]:
             _print_steps(t, echo)
         sc = report._score_block(trajs)
         echo(f"[{cell}] EM={sc['exact_match']:.3f} F1={sc['f1']:.3f} "
              f"contains={sc['contains']:.3f} sub-EM={sc['sub_em']:.3f} n={sc['n']} "
-             f"({timings[cell]:.1f}s)")
+             f"({timings[(name, cell)]:.1f}s)")
         # Completed cells survive an interrupted run: results so far, rewritten per cell.
         (out / "results.partial.json").write_text(
             json.dumps(report.aggregate(runs, provenance), indent=2))
   results = report.aggregate(runs, provenance)
   for method in results:
-    results[method]["seconds"] = sum(v for k, v in timings.items() if k.startswith(method + "@"))
+    results[method]["seconds"] = sum(v for (name, _), v in timings.items() if name == method)
     results[method].update(prompt_stats.get(method, {}))
   x_label = ("sections per document" if cfg_lib.datasets(c) == ["synthetic"]
              else "documents per context")

@@ -184,3 +184,33 @@ def test_eval_resume_fingerprint_covers_the_adapter_contents(tmp_path, base):
   lora.save(jax.tree.map(lambda x: x + 1, lora.init(cfg, base, seed=0)), cfg, path,
             base={"source": "tiny"})
   assert resume.fingerprint_diff(before, resume.fingerprint(e)), "adapter change not seen"
+
+
+def test_grpo_with_lora_continues_sft_adapters(tmp_path):
+  """GRPO with LoRA: rollouts, old / reference log-probs and the update all use the merged
+  policy; `init_from` an SFT LoRA run starts from its adapters (the reference policy), and
+  the run ends with an adapter file over the same base."""
+  from atommem_jax.training import grpo, sft
+  from tests.test_training import _micro_config
+
+  lo = {"lora.rank": 2, "lora.targets": "q_proj,v_proj"}
+  sft_dir, grpo_dir = tmp_path / "sft", tmp_path / "grpo"
+  sft.train(_micro_config("tiny_cpu_sft", sft_dir, steps=2, checkpoint_every=2,
+                          **{"optim.learning_rate": 3e-2, **lo}), echo=lambda s: None)
+  c = _micro_config("tiny_cpu_grpo", grpo_dir, steps=2, checkpoint_every=2,
+                    **{"warm_start.sft_steps": 0, "init_from": str(sft_dir),
+                       "grpo.questions_per_step": 1, "grpo.group_size": 2,
+                       "sampling.max_new_tokens": 8, "sampling.max_answer_tokens": 4,
+                       "env.max_calls": 2, "batch.rows": 8, "batch.seq_len": 256,
+                       "optim.learning_rate": 3e-2, **lo})
+  messages: list[str] = []
+  summary = grpo.train(c, echo=messages.append,
+                       reward_fn=lambda t: (float(t.sample), {"answer": float(t.sample),
+                                                              "untagged_answer_frac": 0.0}))
+  assert summary["step"] == 2 and any(m.startswith("[init]") for m in messages)
+  start = lora.load(sft_dir / "lora.safetensors")[1]
+  end = lora.load(grpo_dir / "lora.safetensors")[1]
+  assert lora.base_of(grpo_dir / "lora.safetensors")["source"] == "tiny"
+  moved = [not np.allclose(np.asarray(start[t][k]), np.asarray(end[t][k]))
+           for t in start for k in ("a", "b")]
+  assert any(moved)  # the update moved the SFT adapters

@@ -176,7 +176,7 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   reward_fn = reward_fn or (lambda t: rewards.episode_reward(t, reward_cfg))
   advantage_fn = losses.get_advantage_estimator(g.advantage)
   b_sh = sharding.batch_sharding(run.mesh, run.rules)
-  p_sh = run.param_shardings
+  p_sh = run.policy_shardings
   logprob_fn = step_lib.make_logprob_fn(model.config, chunk_size=c.loss.chunk_size,
                                         param_shardings=p_sh, batch_sharding=b_sh,
                                         mesh=run.mesh, rules=run.rules)

@@ -83,10 +83,18 @@ class Run:
     if self.train_step.lora is None:
       return trainable
     if self._merge is None:
-      merged = jax.eval_shape(self.train_step.policy_params, trainable, self.train_step.frozen)
-      self._merge = jax.jit(self.train_step.policy_params,
-                            out_shardings=sharding.like(merged, self.param_shardings))
+      self._merge = jax.jit(self.train_step.policy_params, out_shardings=self.policy_shardings)
     return self._merge(trainable, self.train_step.frozen)
+
+  @property
+  def policy_shardings(self) -> Any:
+    """The shardings of `policy_params()`, in its pytree structure (jit in/out_shardings of
+    functions of the policy, e.g. GRPO's log-prob pass)."""
+    if self.train_step.lora is None:
+      return self.state_shardings.params
+    merged = jax.eval_shape(self.train_step.policy_params, self.state.params,
+                            self.train_step.frozen)
+    return sharding.like(merged, self.param_shardings)
 
   def local_params(self, params: Any) -> Any:
     """`params` (global) copied onto this process's devices alone, for work each process

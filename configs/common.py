@@ -169,6 +169,7 @@ def train_base() -> ml_collections.ConfigDict:
   c.data.num_docs = 0  # real: documents per context (0 = each question's own paragraphs)
   c.data.max_records = 0  # real: first records of each train file (0 = all)
   c.data.jsonl = ""
+  c.data.answer_repeats = 1  # SFT: copies of each answering-phase turn (weights answering)
   c.data.min_score = -1.0  # jsonl: keep episodes whose exact_match >= min_score (rejection sampling)
   c.data.num_examples = 64  # SFT: teacher episodes (synthetic: generated; real: first of the
   # train episodes, 0 = all)

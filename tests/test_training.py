@@ -167,3 +167,30 @@ def test_real_training_episodes_come_from_train_splits_in_a_seeded_order():
   c.max_memory_chars = 20
   with pytest.raises(cfg_lib.ConfigError, match="max_memory_chars"):
     cfg_lib.validate(c)
+
+
+def test_answer_repeats_weights_the_answering_turns():
+  """`data.answer_repeats`: each answering-phase turn is packed that many times (reading
+  turns once); steps without ids (scripted) are skipped either way; bad values fail."""
+  from atommem_jax.agent.trajectory import StepRecord, Trajectory
+  from atommem_jax.agent.build import ConfigError
+  from atommem_jax.training import config as cfg_lib
+  from atommem_jax.training import data as data_lib
+
+  def step(i, phase, ids=True):
+    return StepRecord(index=i, phase=phase, chunk=0, question=0, prompt_text="p",
+                      response_text="r", prompt_ids=[1, 2] if ids else [],
+                      response_ids=[3 + i] if ids else [])
+
+  t = Trajectory(episode_id="e", method="atommem", questions=["q"], golds=[["a"]],
+                 answers=["a"], steps=[step(0, "reading"), step(1, "reading"),
+                                       step(2, "answering"), step(3, "answering", ids=False)])
+  once, _ = data_lib.turns_of([t], vocab_size=16)
+  thrice, stats = data_lib.turns_of([t], vocab_size=16, answer_repeats=3)
+  assert [r for _, r in once] == [[3], [4], [5]]
+  assert [r for _, r in thrice] == [[3], [4], [5], [5], [5]] and stats.turns == 5
+  with pytest.raises(ValueError, match="answer_repeats"):
+    data_lib.turns_of([t], vocab_size=16, answer_repeats=0)
+  c = _micro_config("tiny_cpu_sft", pathlib.Path("/tmp/unused"), **{"data.answer_repeats": 0})
+  with pytest.raises(ConfigError, match="^data.answer_repeats"):
+    cfg_lib.validate(c)

@@ -130,6 +130,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.loss.chunk_size <= 0:
     raise ConfigError(f"loss.chunk_size must be positive, got {c.loss.chunk_size}")
   d = c.data
+  a = d.get("answer_repeats", 1)
+  if not isinstance(a, int) or isinstance(a, bool) or a < 1:
+    raise ConfigError(f"data.answer_repeats must be an integer >= 1, got {a!r}")
   if d.source not in DATA_SOURCES:
     raise ConfigError(f"data.source must be one of {DATA_SOURCES}, got {d.source!r}")
   if d.source == "jsonl":

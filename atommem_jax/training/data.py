@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from atommem_jax.agent import oracle
-from atommem_jax.agent.environment import Episode
+from atommem_jax.agent.environment import ANSWERING, Episode
 from atommem_jax.agent.trajectory import Trajectory, read_jsonl
 from atommem_jax.training import packing
 
@@ -115,10 +115,15 @@ class TurnStats:
 
 
 def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: float | None = None,
-             score_key: str = "exact_match") -> tuple[list[packing.Turn], TurnStats]:
+             score_key: str = "exact_match", answer_repeats: int = 1
+             ) -> tuple[list[packing.Turn], TurnStats]:
   """(prompt ids, response ids) of every model-facing step (steps scripted by a static
   workflow carry no ids and are skipped). min_score: keep only episodes scoring at least
-  that (rejection sampling of logged rollouts)."""
+  that (rejection sampling of logged rollouts). answer_repeats: each answering-phase turn
+  appears that many times (answering turns are a few per episode against one or more per
+  section; a policy trained on one copy learned to read before it learned to answer)."""
+  if answer_repeats < 1:
+    raise ValueError(f"answer_repeats must be >= 1, got {answer_repeats}")
   turns: list[packing.Turn] = []
   kept = 0
   for t in trajectories:
@@ -132,7 +137,8 @@ def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: flo
       if hi >= vocab_size or min(min(s.prompt_ids), min(s.response_ids)) < 0:
         raise ValueError(f"trajectory {t.episode_id!r} step {s.index}: token id {hi} outside the "
                          f"policy's vocabulary [0, {vocab_size}) (another tokenizer's ids?)")
-      turns.append((list(s.prompt_ids), list(s.response_ids)))
+      copies = answer_repeats if s.phase == ANSWERING else 1
+      turns.extend((list(s.prompt_ids), list(s.response_ids)) for _ in range(copies))
   stats = TurnStats(episodes=len(trajectories), kept_episodes=kept, turns=len(turns),
                     response_tokens=sum(len(r) for _, r in turns),
                     prompt_tokens=sum(len(p) for p, _ in turns))

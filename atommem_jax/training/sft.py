@@ -38,7 +38,8 @@ def sft_turns(run: trainer.Run):
     paths = [p.strip() for p in str(c.data.jsonl).split(",") if p.strip()]
     trajs = data_lib.read_trajectories(paths)
     min_score = c.data.min_score if c.data.min_score >= 0 else None
-    return data_lib.turns_of(trajs, vocab, min_score=min_score)
+    return data_lib.turns_of(trajs, vocab, min_score=min_score,
+                             answer_repeats=c.data.answer_repeats)
   # A policy embedder embeds with the initial params (the same on a resumed run), a
   # process-local copy of them: each process runs the teacher episodes on its own.
   params = (None if run.initial_params is None
@@ -59,7 +60,7 @@ def sft_turns(run: trainer.Run):
     # Mixed in: the scripted oracle's synthetic CRUD tasks (every op, corrections, deletions).
     trajs += data_lib.teacher_trajectories(
         engine, student, c.method, data_lib.synthetic_episodes(c, c.data.synthetic_examples))
-  return data_lib.turns_of(trajs, vocab)
+  return data_lib.turns_of(trajs, vocab, answer_repeats=c.data.answer_repeats)
 
 
 def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> dict:

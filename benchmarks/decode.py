@@ -41,24 +41,14 @@ import transformers  # noqa: E402
 
 from atommem_jax.models import sampler, transformer  # noqa: E402
 from atommem_jax.models.hf_io import from_pretrained  # noqa: E402
+from compile_clock import CLOCK  # noqa: E402
 
 RANDOM_HF = dict(vocab_size=32_000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
                  num_key_value_heads=4, head_dim=64, intermediate_size=1536,
                  max_position_embeddings=4096, rope_theta=10_000.0, tie_word_embeddings=False)
 
 
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-_compile_seconds = [0.0]
-
-
-def _on_event(event: str, duration: float, **_) -> None:
-  if event in _COMPILE_EVENTS:
-    _compile_seconds[0] += duration
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
+CLOCK.install()
 
 
 @dataclasses.dataclass
@@ -118,9 +108,9 @@ def _ours_time(config, params, prompts: np.ndarray, new: int, repeats: int) -> f
 def _bench(name, config, params, torch_model, batch, prompt_len, new, repeats) -> Row:
   rng = np.random.default_rng(batch)
   prompts = rng.integers(3, config.vocab_size, (batch, prompt_len))
-  compiled_before = _compile_seconds[0]
+  compiled_before = CLOCK.seconds
   ours_full = _ours_time(config, params, prompts, new, repeats)
-  compile_s = _compile_seconds[0] - compiled_before  # prefill + decode for this shape
+  compile_s = CLOCK.seconds - compiled_before  # prefill + decode for this shape
   ours_first = _ours_time(config, params, prompts, 1, repeats)
   torch_full = _torch_time(torch_model, prompts, new, repeats)
   torch_first = _torch_time(torch_model, prompts, 1, repeats)

@@ -48,26 +48,12 @@ from atommem_jax.memory.embedder import HashingEmbedder  # noqa: E402
 from atommem_jax.models import config as model_config  # noqa: E402
 from atommem_jax.models import tokenizer as tok_lib  # noqa: E402
 from atommem_jax.models.transformer import init_params  # noqa: E402
+from compile_clock import CLOCK  # noqa: E402  (beside this script)
 
 WORDS = ("the river city museum painter born founded married director album station war king "
          "island bridge novel company film team river capital mountain school church").split()
 
-# ---------------------------------------------------------------------- compile accounting
-
-_COMPILE = {"count": 0, "seconds": 0.0}
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-
-
-def _on_event(event: str, seconds: float, **_) -> None:
-  if event in _COMPILE_EVENTS:
-    _COMPILE["seconds"] += seconds
-  if event == _COMPILE_EVENTS[-1]:
-    _COMPILE["count"] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
+CLOCK.install()  # XLA compiles and their seconds (benchmarks/compile_clock.py)
 
 
 @dataclasses.dataclass
@@ -81,11 +67,11 @@ class Timing:
 def timed() -> Iterator[Timing]:
   """Wall time and the compiles that happened inside the block."""
   t = Timing()
-  count, secs = _COMPILE["count"], _COMPILE["seconds"]
+  count, secs = CLOCK.count, CLOCK.seconds
   t0 = time.perf_counter()
   yield t
   t.wall = time.perf_counter() - t0
-  t.compiles, t.compile_s = _COMPILE["count"] - count, _COMPILE["seconds"] - secs
+  t.compiles, t.compile_s = CLOCK.count - count, CLOCK.seconds - secs
 
 
 def warm_then_time(run: Callable[[], list[Trajectory]], what: str, repeats: int

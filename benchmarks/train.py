@@ -67,6 +67,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from compile_clock import CLOCK  # noqa: E402  (beside this script)
+
 # Optimizer hyper-parameters shared by both sides (constant learning rate: end_lr_ratio = 1).
 LR, BETAS, EPS, WEIGHT_DECAY, CLIP = 1e-5, (0.9, 0.999), 1e-8, 0.01, 1.0
 
@@ -242,16 +244,6 @@ class TorchSide:
 # ----------------------------------------------------------------------------- our side
 
 
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-_compile_seconds = [0.0]
-
-
-def _on_event(event: str, duration: float, **_) -> None:
-  if event in _COMPILE_EVENTS:
-    _compile_seconds[0] += duration
-
 
 class OursSide:
   """Our `TrainStep` on one batch, plus the parts of the step jitted alone for the profile."""
@@ -272,10 +264,10 @@ class OursSide:
     self.state = step_lib.init_state(jax.tree.map(jnp.array, params), self.tx)  # a copy: donated
     self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
 
-    compiled_before = _compile_seconds[0]
+    compiled_before = CLOCK.seconds
     self.losses = [float(self._step()) for _ in range(2)]  # steps 0 (compiles) and 1, untimed
-    self.compile_s = _compile_seconds[0] - compiled_before
-    analysis = self.train._step.lower(self.state, self.batch).compile().memory_analysis()
+    self.compile_s = CLOCK.seconds - compiled_before
+    analysis = self.train.lower(self.state, self.batch).compile().memory_analysis()
     self.memory = dict(argument=analysis.argument_size_in_bytes,
                        output=analysis.output_size_in_bytes,
                        alias=analysis.alias_size_in_bytes, temp=analysis.temp_size_in_bytes)
@@ -552,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
 
-  jax.monitoring.register_event_duration_secs_listener(_on_event)
+  CLOCK.install()
   threads = os.cpu_count() or 1
   print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {version('torch')}, "
         f"transformers {version('transformers')}, {threads} CPU threads, float32, "

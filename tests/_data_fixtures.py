@@ -73,3 +73,19 @@ def write_json(path: pathlib.Path, records, jsonl: bool = False) -> pathlib.Path
     else:
       json.dump(records, f)
   return path
+
+
+def blind_episodes(engine, episodes) -> list:
+  """`episodes` whose shown sections have every supporting sentence replaced (the episode's
+  document still holds them): a teacher that writes one of them read text it was not shown."""
+  import dataclasses
+
+  out = []
+  for e in episodes:
+    poisoned = e.document
+    for lab in e.meta["supporting"]:
+      for _, sentence in lab["facts"]:
+        poisoned = poisoned.replace(sentence, "This sentence was removed.")
+    sections = tuple(engine.sections(dataclasses.replace(e, document=poisoned)))
+    out.append(dataclasses.replace(e, sections=sections))
+  return out

@@ -8,7 +8,6 @@ Every run goes through the real `RolloutEngine` with the `memagent` rollout conf
 """
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 import pytest
@@ -25,6 +24,7 @@ from atommem_jax.agent.trajectory import Trajectory
 from atommem_jax.data.metrics import score_all
 from atommem_jax.memory.embedder import HashingEmbedder
 from configs import common
+from tests import _data_fixtures as fx
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "hotpotqa").is_dir(), reason=f"no {DATA}")
@@ -196,14 +196,7 @@ def test_never_writes_supporting_sentences_it_was_not_shown(dataset, train_eps, 
   episode's document still holds them): the teacher never writes them nor notes their
   paragraphs, and answers all the same (the answer is its label)."""
   eng = _engine(test_tokenizer)
-  blind = []
-  for e in train_eps[dataset]:
-    poisoned = e.document
-    for lab in e.meta["supporting"]:
-      for _, sentence in lab["facts"]:
-        poisoned = poisoned.replace(sentence, "This sentence was removed.")
-    sections = tuple(eng.sections(dataclasses.replace(e, document=poisoned)))
-    blind.append(dataclasses.replace(e, sections=sections))
+  blind = fx.blind_episodes(eng, train_eps[dataset])
   trajs = eng.run(blind, _teacher()).trajectories
   for e, t in zip(blind, trajs):
     facts = _facts(t)

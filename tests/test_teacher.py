@@ -6,7 +6,6 @@ goes through the real `RolloutEngine` with the hashing embedder (no model).
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import pathlib
@@ -226,14 +225,7 @@ def test_never_writes_supporting_sentences_it_was_not_shown(dataset, train_eps, 
   episode's document still holds them): the teacher never writes them, nor notes their
   paragraphs, and answers all the same (the answer is its label)."""
   eng = _engine(test_tokenizer)
-  blind = []
-  for e in train_eps[dataset]:
-    poisoned = e.document
-    for lab in e.meta["supporting"]:
-      for _, sentence in lab["facts"]:
-        poisoned = poisoned.replace(sentence, "This sentence was removed.")
-    sections = tuple(eng.sections(dataclasses.replace(e, document=poisoned)))
-    blind.append(dataclasses.replace(e, sections=sections))
+  blind = fx.blind_episodes(eng, train_eps[dataset])
   trajs = eng.run(blind, teacher_lib.RealDataTeacher()).trajectories
   for e, t in zip(blind, trajs):
     sentences = [s for lab in e.meta["supporting"] for _, s in lab["facts"]]

@@ -48,9 +48,11 @@ from atommem_jax import protocol
 from atommem_jax.agent import environment as env_lib
 from atommem_jax.agent.episodes import labels_of
 from atommem_jax.agent.rollout import Action, Observation
-# The shared helpers of the AtomMem teacher (`_words`: content words, for leads).
-from atommem_jax.agent.teacher import (Fact, _words, entry, facts_of, shown_paragraphs,
-                                       shown_prefix, shown_suffix)
+# The shared helpers of the AtomMem teacher (`_words`: content words, for leads; the
+# per-rollout state kept by `rollout_state` / `end_rollout`).
+from atommem_jax.agent.teacher import (Fact, _words, end_rollout, entry, facts_of,
+                                       rollout_state, shown_paragraphs, shown_prefix,
+                                       shown_suffix)
 
 NAME = "memagent_teacher"
 STILL_NEED = "Still need:"
@@ -132,12 +134,7 @@ class MemAgentTeacher:
     return [Action(text=self._act(o), scripted=True) for o in observations]
 
   def _act(self, o: Observation) -> str:
-    key = (o.episode.episode_id, o.sample)
-    fresh = (o.phase == env_lib.READING and o.chunk_index == 0 and not o.scratchpad
-             and o.query is None)
-    if fresh or key not in self._pads:
-      self._pads[key] = _Pad()
-    pad = self._pads[key]
+    pad = rollout_state(self._pads, o, _Pad)
     if pad.text != (o.scratchpad or ""):  # the environment must hold what we wrote
       raise ValueError(f"{self.name}: episode {o.episode.episode_id!r} sample {o.sample} shows "
                        f"a scratchpad the teacher did not write ({(o.scratchpad or '')[:80]!r})")
@@ -145,7 +142,7 @@ class MemAgentTeacher:
       pad.text = self._read(o, facts_of(o.episode), pad)
       return protocol.render([protocol.Op(protocol.SCRATCHPAD, pad.text)])
     if o.question_index == len(o.episode.questions) - 1:
-      self._pads.pop(key, None)  # the rollout is over
+      end_rollout(self._pads, o)
     return protocol.render(answer=o.episode.golds[o.question_index][0])
 
   # -- reading ---------------------------------------------------------------------------

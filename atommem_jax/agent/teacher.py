@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from atommem_jax import protocol
 from atommem_jax.agent import environment as env_lib
@@ -52,6 +52,7 @@ from atommem_jax.agent.rollout import Action, Observation
 from atommem_jax.agent.trajectory import Trajectory
 
 NAME = "teacher"
+T = TypeVar("T")
 # A paragraph as the document renders it: "Document i:\nTitle\ntext" (data/longctx.py).
 _HEADER = re.compile(r"(?:^|\n)Document \d+:\n([^\n]+)\n([^\n]*)")
 _FIRST_SENTENCE = re.compile(r"^.*?[.!?](?=\s|$)")
@@ -183,6 +184,23 @@ class _Plan:
     return self.full + [f for f, _ in self.rest] + [f for f, _ in self.cut]
 
 
+def rollout_state(states: dict, o: Observation, new: Callable[[], T]) -> T:
+  """A scripted teacher's state for `o`'s rollout (episode, sample) in `states`: a fresh
+  `new()` when the rollout starts afresh (first section, empty scratchpad, no query) or
+  was never seen, else the one it has been keeping."""
+  key = (o.episode.episode_id, o.sample)
+  fresh = (o.phase == env_lib.READING and o.chunk_index == 0 and not o.scratchpad
+           and o.query is None)
+  if fresh or key not in states:
+    states[key] = new()
+  return states[key]
+
+
+def end_rollout(states: dict, o: Observation) -> None:
+  """Forgets `o`'s rollout (its last question is answered)."""
+  states.pop((o.episode.episode_id, o.sample), None)
+
+
 class RealDataTeacher:
   """The privileged scripted teacher (see the module docstring); a `rollout.Policy`."""
 
@@ -198,18 +216,13 @@ class RealDataTeacher:
 
   # -- per observation ----------------------------------------------------------------------
   def _act(self, o: Observation) -> str:
-    key = (o.episode.episode_id, o.sample)
-    fresh = (o.phase == env_lib.READING and o.chunk_index == 0 and not o.scratchpad
-             and o.query is None)
-    if fresh or key not in self._notes:
-      self._notes[key] = _Notes()
+    notes = rollout_state(self._notes, o, _Notes)
     facts = facts_of(o.episode)
-    notes = self._notes[key]
     if o.phase == env_lib.READING:
       return self._read(o, facts, notes)
     text, answered = self._answer(o, facts, notes)
     if answered and o.question_index == len(o.episode.questions) - 1:
-      self._notes.pop(key, None)  # the rollout is over
+      end_rollout(self._notes, o)
     return text
 
   def _plan(self, section: str, facts: list[list[Fact]], notes: _Notes) -> _Plan:

@@ -47,17 +47,24 @@ class ConfigError(ValueError):
 
 # --- the model's context window and tokenizer, from metadata only ---------------------------
 
+def with_model(c: ml_collections.ConfigDict, source: str, tiny: dict | None = None,
+               seed: int | None = None) -> ml_collections.ConfigDict:
+  """A copy of `c` whose policy is another model: `model.source` (and, for a random tiny
+  model, its shape and seed)."""
+  b = ml_collections.ConfigDict(c.to_dict())
+  b.model.source = str(source)
+  if tiny is not None:
+    b.model.tiny = dict(tiny)
+  if seed is not None:
+    b.seed = int(seed)
+  return b
+
+
 def _with_base(c: ml_collections.ConfigDict, base: dict) -> ml_collections.ConfigDict:
   """`c` with the model settings of a LoRA base (`models/lora.save(base=...)`)."""
-  b = ml_collections.ConfigDict(c.to_dict())
-  b.model.source = str(base["source"])
-  if "tiny" in base:
-    b.model.tiny = dict(base["tiny"])
-  if "seed" in base:
-    b.seed = int(base["seed"])
-  if b.model.source.startswith("lora:"):
-    raise ConfigError(f"model.source: a LoRA base must be a model, got {b.model.source!r}")
-  return b
+  if str(base["source"]).startswith("lora:"):
+    raise ConfigError(f"model.source: a LoRA base must be a model, got {base['source']!r}")
+  return with_model(c, base["source"], base.get("tiny"), base.get("seed"))
 
 
 def lora_base_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -332,8 +339,7 @@ def load_model(c: ml_collections.ConfigDict, work_dir: pathlib.Path,
     base = load_model(_with_base(c, run["model"] | {"seed": run["seed"]}), work_dir,
                       dtype=jnp.dtype(dtype).name)
     lo = run["lora"]
-    cfg = lora.LoraConfig(rank=lo["rank"], alpha=lo["alpha"],
-                          targets=tuple(t.strip() for t in lo["targets"].split(",") if t.strip()))
+    cfg = lora.LoraConfig(rank=lo["rank"], alpha=lo["alpha"], targets=lo["targets"])
     abstract = transformer.abstract_params(base.config.replace(param_dtype="float32"))
     adapters = orbax_io.load_params(src[6:], lora.abstract(cfg, abstract))
     return Model(base.config, lora.merge(base.params, adapters, cfg), base.tokenizer)

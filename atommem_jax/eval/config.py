@@ -14,7 +14,7 @@ import pathlib
 import ml_collections
 
 from atommem_jax.agent.build import (LLM_METHODS, REAL_SCRIPTED_METHODS, SCRIPTED_METHODS,
-                                     ConfigError, check_agent_config)
+                                     ConfigError, check_agent_config, with_model)
 
 DATASETS = ("hotpotqa", "2wiki", "musique", "synthetic")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -51,11 +51,7 @@ def model_labels(c: ml_collections.ConfigDict) -> dict[str, str]:
 
 def labelled_config(c: ml_collections.ConfigDict, label: str | None) -> ml_collections.ConfigDict:
   """`c` with `model.source` set to the model `label` names (`c` itself for None)."""
-  if label is None:
-    return c
-  lc = ml_collections.ConfigDict(c.to_dict())
-  lc.model.source = model_labels(c)[label]
-  return lc
+  return c if label is None else with_model(c, model_labels(c)[label])
 
 
 def datasets(c: ml_collections.ConfigDict) -> list[str]:

@@ -39,6 +39,7 @@ import ml_collections
 from atommem_jax.agent.prompts import resolve_template
 from atommem_jax.agent.trajectory import Trajectory, write_jsonl
 from atommem_jax.agent.build import PROMPT_TEMPLATES, ConfigError
+from atommem_jax.eval.config import model_labels
 
 # Keys that never change a finished episode: where results go, which cells run, how
 # many questions, and how much is printed.
@@ -115,10 +116,7 @@ def weights_hash(c: ml_collections.ConfigDict) -> dict[str, str]:
   path changes the policy without changing the config. (Other sources name their weights
   by path or by a run directory whose latest step the reader can see in the episodes.)"""
   sources = {"model": str(c.model.source)}
-  for item in str(c.get("method_models", "") or "").split(","):
-    label, _, src = item.partition("=")
-    if src.strip():
-      sources[f"method_models.{label.strip()}"] = src.strip()
+  sources.update({f"method_models.{label}": src for label, src in model_labels(c).items()})
   out = {}
   for key, src in sources.items():
     if src.startswith("lora:"):

@@ -34,9 +34,12 @@ Adapters = dict[str, dict[str, jax.Array]]  # target -> {"a": [L, in, r], "b": [
 class LoraConfig:
   rank: int = 8
   alpha: float = 16.0
-  targets: tuple[str, ...] = ("q_proj", "v_proj")
+  targets: tuple[str, ...] = ("q_proj", "v_proj")  # or "q_proj,v_proj", as configs write it
 
   def __post_init__(self):
+    if isinstance(self.targets, str):
+      object.__setattr__(self, "targets",
+                         tuple(t.strip() for t in self.targets.split(",") if t.strip()))
     if self.rank <= 0:
       raise ValueError(f"lora.rank must be positive, got {self.rank}")
     if not self.alpha > 0:

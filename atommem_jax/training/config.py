@@ -79,9 +79,8 @@ def lora_config(c: ml_collections.ConfigDict):
     return None
   if not isinstance(lo.rank, int) or isinstance(lo.rank, bool) or lo.rank < 0:
     raise ConfigError(f"lora.rank must be an integer >= 0 (0 = no LoRA), got {lo.rank!r}")
-  targets = tuple(t.strip() for t in str(lo.targets).split(",") if t.strip())
   try:
-    return lora.LoraConfig(rank=lo.rank, alpha=float(lo.alpha), targets=targets)
+    return lora.LoraConfig(rank=lo.rank, alpha=float(lo.alpha), targets=str(lo.targets))
   except ValueError as e:
     raise ConfigError(str(e)) from None  # LoraConfig's messages start with the key
 

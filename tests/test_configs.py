@@ -30,13 +30,16 @@ def qwen3_8b_dir(tmp_path_factory, test_tokenizer_dir):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_validates(name, qwen3_8b_dir):
+def test_config_validates(name, qwen3_8b_dir, tmp_path):
   c = importlib.import_module(f"configs.{name}").get_config()
   if "algorithm" in c:  # a training config
     if "qwen3_8b" in name:
       c.model.source = f"hf:{qwen3_8b_dir}"  # the docstring's /ckpt/Qwen3-8B
     elif str(c.model.source).startswith("orbax:"):
       c.model.source = "smollm2"  # the SFT run it starts from does not exist here
+    if c.get("init_from"):  # likewise the run GRPO continues: a run directory stands in
+      (tmp_path / "checkpoints").mkdir()
+      c.init_from = str(tmp_path)
     train_cfg.validate(c)
   else:
     eval_cfg.validate(c)

@@ -71,6 +71,24 @@ def _accuracy(cfg, seed, n, method):
 
 
 @pytest.mark.parametrize("cfg", [
+    syn.SyntheticConfig(task="chain", hops=2, corrections=1, num_chunks=6),
+    syn.SyntheticConfig(task="chain", hops=3, corrections=3, num_chunks=10),
+    syn.SyntheticConfig(task="count", members=5, retractions=2, num_chunks=9),
+])
+def test_oracle_notes_use_only_words_the_student_was_shown(cfg):
+  """A student imitates the notes, so they may hold nothing it cannot see: every word of a
+  scratchpad note is in the question or a section shown so far (no count of key facts)."""
+  words = lambda t: set(w.lower().strip(".,:;?") for w in t.split()) - {""}
+  for ex in syn.generate_many(cfg, 0, 10):
+    for step in ex.oracle:
+      for op in protocol.parse(step.response).ops:
+        if op.kind == protocol.SCRATCHPAD:
+          shown = words(ex.question).union(*(words(c) for c in ex.chunks[:step.chunk + 1]))
+          extra = words(op.text) - shown - {"stored", "updated", "deleted"}
+          assert not extra, (ex.id, step.chunk, op.text, extra)
+
+
+@pytest.mark.parametrize("cfg", [
     syn.SyntheticConfig(task="chain", hops=4, corrections=2, num_chunks=8),
     syn.SyntheticConfig(task="count", members=5, retractions=2, num_chunks=8),
     syn.SyntheticConfig(task="mixed", distractors_per_chunk=6),

@@ -233,8 +233,16 @@ def _distractor(rng: random.Random, names: _Names, club: str | None) -> str:
   return join(names.person(), other)
 
 
-def _note(done: int, total: int) -> str:
-  return f"Progress: {done} of {total} key facts handled."
+_NOTE_VERB = {"create": "Stored", "update": "Updated", "delete": "Deleted"}
+
+
+def _note(event: _Event) -> str:
+  """The oracle's scratchpad after handling `event`: what it just did, in words the section
+  showed. Never a count of the task's key facts (an earlier "Progress: k of N" note leaked
+  N, which a student cannot know; SFT students copied "of 3" into held-out tasks with more
+  events and then looped on the section). Without the fact's closing period, so the note is
+  never read back as a fact (`answer_from_memory` also reads scratchpad lines)."""
+  return f"{_NOTE_VERB[event.kind]}: {event.text.rstrip('.')}"
 
 
 def generate(config: SyntheticConfig, seed: int, index: int = 0) -> SyntheticExample:
@@ -257,14 +265,12 @@ def generate(config: SyntheticConfig, seed: int, index: int = 0) -> SyntheticExa
 
   steps: list[OracleStep] = []
   r = protocol.render_response
-  handled = 0
   for c in range(config.num_chunks):
     ev = event_at.get(c)
     if ev is None:
       steps.append(OracleStep(c, NOTHING_RELEVANT))
       continue
-    handled += 1
-    note = protocol.Op(protocol.SCRATCHPAD, _note(handled, len(events)))
+    note = protocol.Op(protocol.SCRATCHPAD, _note(ev))
     if ev.kind == "create":
       steps.append(OracleStep(c, r([note, protocol.Op(protocol.CREATE, ev.text)])))
     elif ev.kind == "update":

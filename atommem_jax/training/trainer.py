@@ -206,7 +206,8 @@ def setup(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
       prefix=f"atommem_process{jax.process_index()}_"))
   model = build.load_model(c, work, dtype="float32")
   # Master weights in float32, compute in model.dtype (bfloat16 by config).
-  mc = model.config.replace(param_dtype="float32", dtype=c.model.dtype)
+  mc = model.config.replace(param_dtype="float32", dtype=c.model.dtype,
+                            attention=c.model.get("attention", "xla"))
   params = jax.tree.map(lambda p: p.astype(jnp.float32), model.params)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   if main:

@@ -15,6 +15,11 @@ launch/aot.py sets on a CPU host); on CPU the Pallas interpreter runs the same k
 tests: exact but slow); a GPU is refused (the kernel is TPU-only). Under sharding rules the
 kernel runs per device in a `shard_map` over the batch (and heads, if a rule shards them):
 a custom call is opaque to XLA's partitioner.
+
+Known hazard (CPU only): after the interpreter ran the kernel over several devices inside a
+shard_map, a later sharded computation in the same process was seen to hang in its
+collectives (the test suite; cause not traced). tests/test_splash.py therefore runs those
+cases in a fresh process; do the same with multi-device CPU runs of the interpreted kernel.
 """
 from __future__ import annotations
 

@@ -15,21 +15,28 @@ from the SFT run's throughput, docs/results.md "Next runs"); run it on an accele
 from configs import smollm2_sft
 
 
-def get_config():
-  c = smollm2_sft.get_config()
-  c.output_dir = "outputs/smollm2_grpo"
+def lora_grpo(c, init_from: str):
+  """The LoRA GRPO recipe on top of an SFT config `c`, continuing the adapters of the SFT run
+  `init_from` (shared with configs/smollm2_synthetic_grpo.py)."""
   c.algorithm = "grpo"
-  c.init_from = "outputs/smollm2_sft"
-  c.steps = 40
-  c.checkpoint_every = 2
+  c.init_from = init_from
   c.optim.learning_rate = 5e-5  # LoRA adapters: larger steps than full fine-tuning's 1e-6
   c.optim.warmup_steps = 0
-  c.grpo.questions_per_step = 4
   c.grpo.group_size = 8
   c.grpo.reward.parse_error_penalty = 0.1
   c.sampling.temperature = 1.0
   c.sampling.top_p = 0.99
-  c.batch.rows = 8
-  c.data.seed = 2000  # another order of the train questions than the SFT data's
+  c.data.seed = 2000  # other questions (or tasks) than the SFT data's
   c.data.synthetic_examples = 0
+  c.data.answer_repeats = 1  # an SFT packing option; GRPO trains on its own rollouts
+  return c
+
+
+def get_config():
+  c = lora_grpo(smollm2_sft.get_config(), "outputs/smollm2_sft")
+  c.output_dir = "outputs/smollm2_grpo"
+  c.steps = 40
+  c.checkpoint_every = 2
+  c.grpo.questions_per_step = 4
+  c.batch.rows = 8
   return c

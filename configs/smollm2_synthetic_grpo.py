@@ -16,24 +16,15 @@ iteration within a 170 s cap (157 s sampling with a cold compile cache, 6.7 s lo
 15.2 s for 9 optimizer steps); rollout reward 0.531; held-out EM 0.094 (SFT alone 0.062).
 """
 from configs import smollm2_synthetic_sft
+from configs.smollm2_grpo import lora_grpo
 
 
 def get_config():
-  c = smollm2_synthetic_sft.get_config()
+  c = lora_grpo(smollm2_synthetic_sft.get_config(), "outputs/smollm2_synthetic_sft")
   c.output_dir = "outputs/smollm2_synthetic_grpo"
-  c.algorithm = "grpo"
-  c.init_from = "outputs/smollm2_synthetic_sft"
-  c.data.seed = 2000  # other tasks than the SFT data's (seed 1000) and the held-out (seed 0)
-  c.data.answer_repeats = 1
   c.steps = 400
   c.checkpoint_every = 4
-  c.optim.learning_rate = 5e-5  # LoRA adapters: larger steps than full fine-tuning's 1e-6
-  c.optim.warmup_steps = 0
   c.grpo.questions_per_step = 8
-  c.grpo.group_size = 8
-  c.grpo.reward.parse_error_penalty = 0.1
-  c.sampling.temperature = 1.0
-  c.sampling.top_p = 0.99
   c.sampling.batch_size = 64
   c.batch.rows = 16
   return c

@@ -31,6 +31,9 @@ def base() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.source = "smollm2"
   c.model.dtype = "float32"
+  # Attention of the training forward: "xla" (any platform) or "splash" (the Pallas splash
+  # kernel; TPU only, models/splash.py; rows must be a multiple of 128 tokens, of 512 above).
+  c.model.attention = "xla"
   c.model.tokenizer = ""  # "" = the tokenizer that comes with the source
 
   # Embedder for memory entries and queries: "minilm" (all-MiniLM-L6-v2, shipped),

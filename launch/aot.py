@@ -198,6 +198,46 @@ def _callees(ins: _Instr) -> list[str]:
   return out
 
 
+# Pallas splash-attention kernels (models/splash.py) are custom calls, opaque to XLA's cost
+# analysis (it counts their operands' bytes and no FLOPs). Each is priced from its grid:
+# per (query block, key block) pair computed and per query head, `_SPLASH_MATMULS` matmuls of
+# 2 b^2 Dh FLOPs (fwd: QK^T, PV; dq: QK^T, dO V^T, dS K; dkv: QK^T, dO V^T, P^T dO, dS^T Q,
+# plus dS K when it also writes dQ, the fused backward); causal rows of nb = T / b blocks
+# compute nb (nb + 1) / 2 pairs. Bytes: each pair streams two b x Dh blocks (K and V; for
+# dkv, Q and dO) beyond the operands XLA already counts once.
+_SPLASH = re.compile(r"^splash_(?:mha|mqa)_(fwd|dq|dkv)")
+_SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+_FLOAT_SHAPE = re.compile(r"\b(bf16|f16|f32)\[([\d,]+)\]")
+_ITEMSIZE = {"bf16": 2, "f16": 2, "f32": 4}
+
+
+def splash_kernel_cost(line: str, seq_len: int, head_dim: int) -> Cost | None:
+  """The cost of one splash kernel call from its HLO line (None: not a splash kernel)."""
+  from atommem_jax.models import splash
+
+  m = _NAME.match(line)
+  phase = _SPLASH.match(m.group(2)) if m else None
+  if phase is None or " custom-call(" not in line:
+    return None
+  result = line[m.end():line.index(" custom-call(")]
+  outs = [(dt, tuple(int(d) for d in dims.split(","))) for dt, dims in _FLOAT_SHAPE.findall(result)]
+  outs = [(dt, sh) for dt, sh in outs if len(sh) >= 3 and sh[-2:] == (seq_len, head_dim)]
+  if not outs:
+    raise ValueError(f"{m.group(2)}: no [..., {seq_len}, {head_dim}] output in {result[:200]}")
+  b = splash.block_size(seq_len)
+  nb = seq_len // b
+  fused = phase.group(1) == "dkv" and len(outs) == 3
+  if fused:  # (dQ as per-key-block partials [nb, heads..., T, Dh], dK, dV)
+    heads = math.prod(outs[0][1][1:-2])
+  else:  # the output (and, fwd, the lane-wide log-sum-exp) [heads..., T, Dh]
+    heads = max(math.prod(sh[:-2]) for _, sh in outs)  # query heads x rows of the call
+  matmuls = _SPLASH_MATMULS[phase.group(1)] + fused
+  pairs = heads * nb * (nb + 1) // 2
+  return Cost(flops=float(matmuls * 2 * b * b * head_dim * pairs),
+              bytes_accessed=float(pairs * 2 * b * head_dim * _ITEMSIZE[outs[0][0]]),
+              transcendentals=float(pairs * b * b))  # one exp per score, every phase
+
+
 class _LoopCounter:
   """Trip counts of while loops from their condition computations (`i < N`, i from its
   initial value in steps of the body's increment)."""
@@ -324,12 +364,15 @@ def _module_text(compiled: Any) -> str:
   return modules[0].to_string(opts)
 
 
-def loop_weighted_cost(hlo_text: str, unknown_trips: tuple[int, str] | None = None) -> Cost:
+def loop_weighted_cost(hlo_text: str, unknown_trips: tuple[int, str] | None = None,
+                       splash_shape: tuple[int, int] | None = None) -> Cost:
   """The per-device cost of one call of a compiled HLO module, with every while loop's body
   and condition weighted by its trip count (see the module docstring).
 
   unknown_trips: (count, why) for loops whose condition does not give their trip count (a
   data-dependent `while_loop`: the caller knows its bound); without it they count once.
+  splash_shape: (T, Dh) of the splash-attention kernels the module runs, which XLA does not
+  price: `splash_kernel_cost` adds each one, under the same loop weighting.
 
   Each computation is priced by XLA's HloCostAnalysis (`hlo_module_cost_analysis` on this
   host's client) as the entry of a copy of the module; a loop's body then replaces the one
@@ -353,8 +396,32 @@ def loop_weighted_cost(hlo_text: str, unknown_trips: tuple[int, str] | None = No
         parts.append("\n".join([("ENTRY " if c.name == name else "") + head] + c.lines[1:]))
       d = _jax.hlo_module_cost_analysis(client, _hlo.hlo_module_from_text("\n\n".join(parts)))
       inclusive[name] = Cost(float(d.get("flops", 0.0)), float(d.get("bytes accessed", 0.0)),
-                             float(d.get("transcendentals", 0.0)))
+                             float(d.get("transcendentals", 0.0))) + kernels_under(name)
     return inclusive[name]
+
+  direct: dict[str, Cost] = {}  # computation -> its own splash kernels' cost
+  if splash_shape is not None:
+    for comp in comps.values():
+      for line in comp.lines:
+        k = splash_kernel_cost(line, *splash_shape)
+        if k is not None:
+          direct[comp.name] = direct.get(comp.name, ZERO) + k
+
+  def kernels_under(name: str) -> Cost:
+    """The kernels `name` runs, counted as XLA counts an entry: every computation it reaches
+    (loop bodies and conditions included) once."""
+    if not direct:
+      return ZERO
+    seen, todo, total = set(), [name], ZERO
+    while todo:
+      n = todo.pop()
+      if n in seen or n not in comps:
+        continue
+      seen.add(n)
+      total = total + direct.get(n, ZERO)
+      for ins in comps[n].instrs.values():
+        todo += _callees(ins) + re.findall(r"(?:body|condition)=%([\w.\-]+)", ins.attrs)
+    return Cost(total.flops, total.bytes_accessed, total.transcendentals)
 
   def loops_in(name: str, seen: set[str]) -> list[tuple[str, _Instr]]:
     """While instructions run by `name` or by computations it runs inline."""
@@ -483,7 +550,8 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
   else:
     raise ConfigError(f"model.source={src}: no config.json on this host; set "
                       f"model.architecture to one of {sorted(ARCHITECTURES)}")
-  return mc.replace(param_dtype="float32", dtype=c.model.dtype)
+  return mc.replace(param_dtype="float32", dtype=c.model.dtype,
+                    attention=c.model.get("attention", "xla"))
 
 
 def matmul_params(mc: ModelConfig) -> int:
@@ -538,9 +606,10 @@ def _refused(name: str, error: Exception, seconds: float, argument: int, **kw) -
 
 
 def compile_row(name: str, lower: Callable[[], Any], args: Any,
-                unknown_trips: tuple[int, str] | None = None, **kw) -> tuple[Row, Any]:
+                unknown_trips: tuple[int, str] | None = None,
+                splash_shape: tuple[int, int] | None = None, **kw) -> tuple[Row, Any]:
   """Compiles one function (`lower()`, whose arguments are the abstract `args`); a row with
-  `refused` set when the TPU compiler runs out of HBM."""
+  `refused` set when the TPU compiler runs out of HBM. splash_shape: see `loop_weighted_cost`."""
   t0 = time.perf_counter()
   try:
     compiled = lower().compile()
@@ -549,7 +618,7 @@ def compile_row(name: str, lower: Callable[[], Any], args: Any,
       raise
     return _refused(name, e, time.perf_counter() - t0, device_bytes(args), **kw), None
   mem = compiled.memory_analysis()
-  cost = loop_weighted_cost(_module_text(compiled), unknown_trips)
+  cost = loop_weighted_cost(_module_text(compiled), unknown_trips, splash_shape)
   row = Row(name, int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes),
             int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes), cost,
             time.perf_counter() - t0, **kw)
@@ -609,8 +678,10 @@ def compile_all(c: ml_collections.ConfigDict, mc: ModelConfig, mesh: jax.shardin
   with partitioning.target_platform("tpu"):
     echo(f"compiling train_step ({c.algorithm}, {rows} rows x {seq} tokens, "
          f"{c.batch.micro_batches} micro-batches) ...")
+    kernels = (seq, mc.head_dim) if mc.attention == "splash" else None
     row, _ = compile_row(f"train_step ({c.algorithm})", lambda: train.lower(state, batch),
-                         (state, batch), model_flops=train_model_flops(mc, rows, seq))
+                         (state, batch), splash_shape=kernels,
+                         model_flops=train_model_flops(mc, rows, seq))
     out.append(row)
     state_bytes = device_bytes(state)
     params_bytes = device_bytes(state.params)
@@ -624,7 +695,7 @@ def compile_all(c: ml_collections.ConfigDict, mc: ModelConfig, mesh: jax.shardin
       core = {k: batch[k] for k in ("tokens", "positions", "segment_ids")}
       echo("compiling logprobs (old / reference policy) ...")
       row, _ = compile_row("logprobs (ref / old)", lambda: logprob.lower(state.params, core),
-                           (state.params, core))
+                           (state.params, core), splash_shape=kernels)
       out.append(row)
       # Its params argument is the reference (or the state's own params): the train state
       # and the reference stay resident beside it.

@@ -243,3 +243,46 @@ def test_tiny_grpo_compiles_reference_and_sampler(aot):
   assert any(line.startswith("resident: train step + reference params") for line in lines)
   assert any("31 trips (bound" in line for line in lines)  # the decode loop, at its bound
   assert FITS.match(lines[-1]), lines[-1]
+
+
+def test_splash_kernel_cost_from_its_hlo_line(aot):
+  """A fused backward (dq, dk, dv written) of 2 rows x 4 query heads over one 512 block."""
+  # As libtpu compiles it: scratch buffers, then dQ as per-key-block partials
+  # [blocks, rows, heads, T, Dh], dK and dV.
+  line = ("  %splash_mha_dkv_segmented_no_residuals.3 = (f32[512,128]{1,0}, "
+          "bf16[1,2,4,512,128]{4,3,2,1,0}, bf16[2,2,512,128]{3,2,1,0}, "
+          "bf16[2,2,512,128]{3,2,1,0}) custom-call(%p0, %p1), "
+          "custom_call_target=\"tpu_custom_call\"")
+  cost = aot.splash_kernel_cost(line, 512, 128)
+  assert cost.flops == 5 * 2 * 512 * 512 * 128 * 8  # 5 matmuls per block pair, 8 heads
+  assert cost.bytes_accessed == 8 * 2 * 512 * 128 * 2  # Q and dO blocks streamed, bf16
+  # The forward at T=1024: blocks of 512, 2 x 3 / 2 = 3 causal block pairs; the output and
+  # the lane-wide log-sum-exp [rows, heads, T, 128].
+  fwd = ("  %splash_mha_fwd_segmented_residuals.2 = (f32[512,128]{1,0}, "
+         "bf16[2,4,1024,128]{3,2,1,0}, f32[2,4,1024,128]{3,2,1,0}) custom-call(%p0), "
+         "custom_call_target=\"tpu_custom_call\"")
+  assert aot.splash_kernel_cost(fwd, 1024, 128).flops == 2 * 2 * 512 * 512 * 128 * 8 * 3
+  assert aot.splash_kernel_cost("  %fusion.1 = f32[8]{0} fusion(%a), kind=kLoop", 512, 128) is None
+
+
+@needs_libtpu
+def test_splash_step_compiles_for_tpu_and_its_kernels_are_priced():
+  """With model.attention=splash the train step compiles for TPU with the Pallas kernels.
+  XLA prices them at zero FLOPs; priced from their grid, the step costs about what the XLA
+  attention step costs (at T = one block both compute every score; the fused backward adds
+  one recomputed matmul), and its bytes accessed drop (no scores in HBM). Through the CLI, in
+  its own process, as users run it (no Mosaic kernel is lowered inside the pytest process)."""
+  t = TINY
+  rows = {}
+  for attention in ("xla", "splash"):
+    out = subprocess.run(
+        [sys.executable, str(AOT), f"--config={ROOT / 'configs' / 'tiny_cpu_sft.py'}",
+         "--topology=v5e:2x2", f"--config.batch.seq_len={t['seq_len']}",
+         f"--config.batch.rows={t['rows']}", f"--config.loss.chunk_size={t['chunk']}",
+         f"--config.model.attention={attention}", "--config.model.tiny.head_dim=128"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("train_step (sft)"))
+    rows[attention] = dict(zip(("tflop", "gb"), map(float, row.split()[7:9])))
+  assert rows["splash"]["tflop"] == pytest.approx(rows["xla"]["tflop"], rel=0.15), rows
+  assert rows["splash"]["gb"] < rows["xla"]["gb"], rows

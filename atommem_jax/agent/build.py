@@ -200,6 +200,11 @@ def _check_values(c: ml_collections.ConfigDict, methods: Sequence[str], group_si
     raise ConfigError("model.source='none' but methods/embedder need a policy model")
   if c.model.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"model.dtype must be float32 or bfloat16, got {c.model.dtype!r}")
+  from atommem_jax.models import config as model_config
+
+  if c.model.get("attention", "xla") not in model_config.ATTENTION:
+    raise ConfigError(f"model.attention must be one of {model_config.ATTENTION}, got "
+                      f"{c.model.attention!r}")
   if c.embedder not in EMBEDDERS:
     raise ConfigError(f"embedder must be one of {EMBEDDERS}, got {c.embedder!r}")
   s = c.sampling

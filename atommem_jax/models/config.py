@@ -14,6 +14,9 @@ Family = Literal["qwen3", "qwen2", "llama"]
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+ATTENTION = ("xla", "splash")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Hyper-parameters of a decoder-only LM.
@@ -39,6 +42,9 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype of activations
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
+  # Attention of the no-cache forward (training, log-probs): "xla" (einsums; any platform)
+  # or "splash" (the Pallas splash kernel, TPU; models/splash.py). Not part of a checkpoint.
+  attention: str = "xla"
 
   def __post_init__(self):
     if self.family not in ("qwen3", "qwen2", "llama"):
@@ -51,6 +57,8 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig.num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
           f"({self.num_kv_heads}) for grouped-query attention")
+    if self.attention not in ATTENTION:
+      raise ValueError(f"ModelConfig.attention must be one of {ATTENTION}, got {self.attention!r}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"ModelConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from atommem_jax.models import partitioning
+from atommem_jax.models import splash
 from atommem_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -506,6 +507,10 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
   else:
     lp = {k: v.astype(dtype) for k, v in lp.items()}
     xs: Any = lp
+    fused = c.attention == "splash" and cache is None
+    if fused and attn_mask is not None:
+      raise ValueError("model.attention=splash takes causality and segment_ids, not a dense "
+                       "attn_mask; pass segment_ids or use model.attention=xla")
     if shared_prefix:  # row 0's prefix keys/values, per layer: [L, 1, Hkv, P0, Dh]
       xs = (lp, jnp.stack([jnp.swapaxes(kc[:1, :, :, :shared_prefix], 2, 3) for kc in cache.k]),
             jnp.stack([vc[:1, :, :shared_prefix] for vc in cache.v]))
@@ -518,7 +523,10 @@ def _forward(config: ModelConfig, embed: Array, lp: dict[str, Array], final_norm
         shape = (b,) + xs[1].shape[1:]  # [B, Hkv, P0, Dh]
         keys = jnp.concatenate([jnp.broadcast_to(xs[1].astype(dtype), shape), k], axis=2)
         values = jnp.concatenate([jnp.broadcast_to(xs[2].astype(dtype), shape), v], axis=2)
-      attn = _prefill_attention(q, keys, values, mask)  # [B, T, H, Dh]
+      if fused:  # the Pallas splash kernel (models/splash.py)
+        attn = splash.splash_attention(q, keys, values, segment_ids)
+      else:
+        attn = _prefill_attention(q, keys, values, mask)  # [B, T, H, Dh]
       x = partitioning.constrain(_attn_out_and_mlp(c, w, x, attn), partitioning.ACT_BTD)
       return x, ((k, v) if prefill else None)
 

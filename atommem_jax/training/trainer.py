@@ -206,7 +206,8 @@ def setup(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
       prefix=f"atommem_process{jax.process_index()}_"))
   model = build.load_model(c, work, dtype="float32")
   # Master weights in float32, compute in model.dtype (bfloat16 by config).
-  mc = model.config.replace(param_dtype="float32", dtype=c.model.dtype)
+  mc = model.config.replace(param_dtype="float32", dtype=c.model.dtype,
+                            attention=c.model.get("attention", "xla"))
   params = jax.tree.map(lambda p: p.astype(jnp.float32), model.params)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   if main:
@@ -257,7 +258,8 @@ def setup(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   trained = ("all of them" if lora_cfg is None else f"LoRA rank {lora_cfg.rank} on "
              f"{','.join(lora_cfg.targets)}: {lora_lib.num_params(state.params) / 1e6:.3f}M trained")
   echo(f"[setup] {c.algorithm} {c.method}: model={c.model.source} ({mc.family}, "
-       f"{n_params / 1e6:.2f}M params, {trained}, compute {c.model.dtype}), mesh data/fsdp/tensor={shape} "
+       f"{n_params / 1e6:.2f}M params, {trained}, compute {c.model.dtype}"
+       f"{_attention_note(mc)}), mesh data/fsdp/tensor={shape} "
        f"on {jax.device_count()} {jax.devices()[0].platform} devices in "
        f"{jax.process_count()} process(es){f', files in {out}' if remote else ''} "
        f"({time.perf_counter() - t0:.1f}s)")
@@ -293,6 +295,15 @@ def lora_base(c: ml_collections.ConfigDict) -> dict:
   if c.model.source == "tiny":
     base["tiny"] = dict(c.model.get("tiny", {}) or {})
   return base
+
+
+def _attention_note(mc: Any) -> str:
+  """What runs the attention, when it is not XLA's: the splash kernel, or on a CPU the Pallas
+  interpreter running it (exact, and orders of magnitude slower: for tests)."""
+  if mc.attention != "splash":
+    return ""
+  return (", attention: splash kernel" if jax.default_backend() == "tpu" else
+          ", attention: splash kernel in the Pallas interpreter (not a TPU: slow, for tests)")
 
 
 def finish(run: Run, meta: dict, stopped: bool) -> dict:

@@ -266,23 +266,18 @@ def test_splash_kernel_cost_from_its_hlo_line(aot):
 
 
 @needs_libtpu
-def test_splash_step_compiles_for_tpu_and_its_kernels_are_priced():
+def test_splash_step_compiles_for_tpu_and_its_kernels_are_priced(aot):
   """With model.attention=splash the train step compiles for TPU with the Pallas kernels.
   XLA prices them at zero FLOPs; priced from their grid, the step costs about what the XLA
   attention step costs (at T = one block both compute every score; the fused backward adds
-  one recomputed matmul), and its bytes accessed drop (no scores in HBM). Through the CLI, in
-  its own process, as users run it (no Mosaic kernel is lowered inside the pytest process)."""
-  t = TINY
+  one recomputed matmul), and its bytes accessed drop (no scores in HBM)."""
   rows = {}
   for attention in ("xla", "splash"):
-    out = subprocess.run(
-        [sys.executable, str(AOT), f"--config={ROOT / 'configs' / 'tiny_cpu_sft.py'}",
-         "--topology=v5e:2x2", f"--config.batch.seq_len={t['seq_len']}",
-         f"--config.batch.rows={t['rows']}", f"--config.loss.chunk_size={t['chunk']}",
-         f"--config.model.attention={attention}", "--config.model.tiny.head_dim=128"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    row = next(line for line in out.stdout.splitlines() if line.startswith("train_step (sft)"))
+    c = _tiny_sft(**{"model.attention": attention,
+                     "model.tiny": dict(_tiny_sft().model.tiny, head_dim=128)})
+    lines: list[str] = []
+    assert aot.run(c, "v5e:2x2", echo=lines.append) == 0, "\n".join(lines)
+    row = next(line for line in lines if line.startswith("train_step (sft)"))
     rows[attention] = dict(zip(("tflop", "gb"), map(float, row.split()[7:9])))
   assert rows["splash"]["tflop"] == pytest.approx(rows["xla"]["tflop"], rel=0.15), rows
   assert rows["splash"]["gb"] < rows["xla"]["gb"], rows

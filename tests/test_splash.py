@@ -2,11 +2,6 @@
 gives the XLA attention's log-probs and gradients on packed rows, alone and sharded."""
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,22 +17,6 @@ from atommem_jax.training import step as step_lib
 CFG = model_config.tiny("qwen3", vocab_size=256, hidden_size=32, intermediate_size=64,
                         num_heads=4, num_kv_heads=2, head_dim=8, num_layers=2)
 SEQ = 128  # the kernel's smallest block
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _in_fresh_process(name: str, *args: str) -> None:
-  """Runs this module's function `name(*args)` in a new Python process (same XLA_FLAGS: 8
-  CPU devices). With the interpreted kernel run inside the pytest process, a later test's
-  sharded train step hung in its collectives in 3 of 4 full-suite runs (never when run
-  alone; cause not traced), so no kernel runs in the pytest process."""
-  code = ("import importlib.util, sys; sys.path.insert(0, sys.argv[1]); "
-          "spec = importlib.util.spec_from_file_location('splash_case', sys.argv[2]); "
-          "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-          "getattr(m, sys.argv[3])(*sys.argv[4:])")
-  out = subprocess.run([sys.executable, "-c", code, str(REPO), __file__, name, *args],
-                       cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
-                       timeout=900)
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
 
 
 def _batch(seed: int, rows: int = 4) -> dict[str, np.ndarray]:
@@ -51,10 +30,6 @@ def _batch(seed: int, rows: int = 4) -> dict[str, np.ndarray]:
 
 
 def test_logprobs_and_gradients_equal_xla_attention():
-  _in_fresh_process("logprobs_and_gradients_case")
-
-
-def logprobs_and_gradients_case() -> None:
   params = init_params(CFG, seed=0)
   b = _batch(0)
 
@@ -97,11 +72,6 @@ def _train(cfg, mesh_shape=None, steps=2):
 
 def test_sharded_splash_step_equals_single_device_xla_step():
   """Batch over data x fsdp and heads over tensor: the kernel runs per device in a shard_map."""
-  _in_fresh_process("sharded_splash_step_case")
-
-
-def sharded_splash_step_case() -> None:
-  assert jax.device_count() == 8, jax.devices()
   ref, href = _train(CFG)
   got, hgot = _train(CFG.replace(attention="splash"), mesh_shape=(2, 2, 2))
   for a, b in zip(href, hgot):
@@ -132,13 +102,7 @@ def test_bad_uses_are_refused_with_the_reason():
 def test_training_cli_path_uses_the_kernel_and_says_where_it_runs(tmp_path):
   """`model.attention=splash` reaches the trainer's step (the Pallas interpreter here, and
   the setup line says so): a short SFT run trains and matches the XLA run's losses."""
-  _in_fresh_process("training_cli_case", str(tmp_path))
-
-
-def training_cli_case(tmp: str) -> None:
   import importlib
-  tmp_path = pathlib.Path(tmp)
-  assert jax.device_count() == 8, jax.devices()
 
   from atommem_jax.training import sft
 

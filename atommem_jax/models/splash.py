@@ -16,10 +16,9 @@ tests: exact but slow); a GPU is refused (the kernel is TPU-only). Under shardin
 kernel runs per device in a `shard_map` over the batch (and heads, if a rule shards them):
 a custom call is opaque to XLA's partitioner.
 
-Known hazard (CPU only): after the interpreter ran the kernel over several devices inside a
-shard_map, a later sharded computation in the same process was seen to hang in its
-collectives (the test suite; cause not traced). tests/test_splash.py therefore runs those
-cases in a fresh process; do the same with multi-device CPU runs of the interpreted kernel.
+CPU test runs with several fake devices need the flag tests/conftest.py sets
+(`--xla_cpu_enable_concurrency_optimized_scheduler=false`): without it XLA:CPU can
+deadlock any sharded step in its collectives (seen with XLA attention too).
 """
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ import os
 # until the rendezvous aborted the process ("Fatal Python error: Aborted" in
 # test_train_step). Under CPU load a loop of those steps deadlocked 3 times in 3 runs within
 # ~140 s; with the flag, 2 runs of 300 s (56 sharded steps each) never did
-# (docs/benchmarks.md, "CPU collectives"). Flags already in XLA_FLAGS are kept.
+# (`python benchmarks/cpu_collectives.py`; docs/benchmarks.md, "CPU collectives"). It is a
+# workaround for these tests' programs, not a guarantee: test_multiprocess.py's workers run
+# without it (with it they failed in gloo). Flags already in XLA_FLAGS are kept.
 CPU_TEST_XLA_FLAGS = ("--xla_force_host_platform_device_count=8",
                       "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 _flags = os.environ.get("XLA_FLAGS", "")

@@ -11,6 +11,12 @@ supporting sentences shown so far (at 300 characters it could hold all the evide
 20-43% of the train questions: docs/teacher.md), and the synthetic tasks are played by the
 scratchpad_only oracle. Evaluate the result with configs/eval_trained_smollm2.py
 --config.methods=memagent --config.model.source=lora:<output_dir>/lora.safetensors.
+
+Measured (2026-11-30, the 2 CPU cores here, alone): 42 min 20 s for the 40 steps (1.5 epochs of
+106 packed rows), loss 0.40 -> 0.05-0.16. On 8 held-out synthetic tasks (configs/
+default_synthetic.py) EM 0.125 (the static scratchpad_only: 0.750); on 4 HotpotQA dev-sample
+questions EM 0.000; valid protocol throughout (docs/results.md, "The trained MemAgent-style
+baseline").
 """
 from configs import smollm2_sft
 

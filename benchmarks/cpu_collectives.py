@@ -8,9 +8,9 @@ Python error: Aborted" in a sharded train step; XLA's log showed the devices of 
 waiting in *different* collectives (some at an all-reduce, their partners at an earlier
 all-gather), a deadlock that only the rendezvous timeout ends. It depends on thread timing,
 so this script provokes it: a worker process runs the sharded SFT and GRPO steps of
-tests/test_train_step.py (tiny Qwen3, meshes (2, 4, 1) and (2, 2, 2), fresh compiles each
-round) in a loop while `--load` busy loops compete for the cores, with XLA's rendezvous set
-to abort after 20 s. Each setting gets the same time; the report says how many steps each
+tests/test_train_step.py (its `_run`: tiny Qwen3, meshes (2, 4, 1) and (2, 2, 2), three steps
+per fresh compile) in a loop while `--load` busy loops compete for the cores, with XLA's
+rendezvous set to abort after 20 s. Each setting gets the same time; the report says how many steps each
 finished and whether it deadlocked. The settings: XLA's default scheduler, and
 `--xla_cpu_enable_concurrency_optimized_scheduler=false` (what the tests set).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -31,50 +32,17 @@ ABORT = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=10 "
 
 
 def worker() -> None:
-  """Sharded train steps until killed; prints one line per finished step."""
-  import numpy as np
-  import optax
-
-  import jax
-  from atommem_jax.models import config as model_config
-  from atommem_jax.models.transformer import init_params
-  from atommem_jax.training import packing, sharding
-  from atommem_jax.training import step as step_lib
-
-  cfg = model_config.tiny("qwen3", vocab_size=256, hidden_size=32, intermediate_size=64,
-                          num_heads=4, num_kv_heads=2, head_dim=8)
-  seq, rows = 64, 8
-
-  def batch(seed: int, grpo: bool) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    turns = [(rng.integers(3, 256, rng.integers(4, 20)).tolist(),
-              rng.integers(3, 256, rng.integers(2, 12)).tolist()) for _ in range(rows * 2)]
-    b = packing.pack(turns, seq, max_rows=rows).arrays()
-    out = {k: b[k] for k in step_lib.SFT_FIELDS}
-    if grpo:
-      for k in ("old_logprobs", "ref_logprobs"):
-        out[k] = (-rng.uniform(4, 7, (rows, seq)) * b["loss_mask"]).astype(np.float32)
-      out["advantages"] = (rng.normal(0, 1, (rows, seq)) * b["loss_mask"]).astype(np.float32)
-    return out
+  """test_train_step's sharded steps until killed (its own `_run`, so the benchmark provokes
+  exactly the program the test runs); one line per finished step."""
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+  import test_train_step  # not conftest.py: XLA_FLAGS stay as run_setting set them
 
   done = 0
   while True:
     for kind in ("sft", "grpo"):
       for mesh_shape in ((2, 4, 1), (2, 2, 2)):
-        tx = optax.sgd(0.5)
-        params = init_params(cfg, seed=0)
-        mesh = sharding.make_mesh(*mesh_shape)
-        p_sh = sharding.param_shardings(cfg, mesh)
-        st_sh = step_lib.TrainState(step=sharding.replicated(mesh), params=p_sh,
-                                    opt_state=sharding.opt_state_shardings(tx, params, p_sh))
-        train = step_lib.TrainStep(
-            cfg, step_lib.LossConfig(kind=kind, max_segments=8, chunk_size=16), tx,
-            state_shardings=st_sh, batch_sharding=sharding.batch_sharding(mesh), mesh=mesh,
-            rules=sharding.get_rules(sharding.DEFAULT_RULES))
-        state = step_lib.init_state(jax.device_put(params, p_sh), tx)
-        for i in range(3):
-          state, metrics = train(state, batch(i, kind == "grpo"))
-          float(metrics["loss"])
+        _, history, _ = test_train_step._run(kind, mesh_shape, steps=3)  # floats: finished
+        for _ in history:
           done += 1
           print(f"step {done}", flush=True)
 

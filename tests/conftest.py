@@ -7,7 +7,7 @@ import os
 # in different collectives (some at an all-reduce, their partners at an earlier all-gather)
 # until the rendezvous aborted the process ("Fatal Python error: Aborted" in
 # test_train_step). Under CPU load a loop of those steps deadlocked 3 times in 3 runs within
-# ~140 s; with the flag, 2 runs of 300 s (56 sharded steps each) never did
+# ~140 s; with the flag, 2 runs of 300 s (84 sharded steps each) never did
 # (`python benchmarks/cpu_collectives.py`; docs/benchmarks.md, "CPU collectives"). It is a
 # workaround for these tests' programs, not a guarantee: test_multiprocess.py's workers run
 # without it (with it they failed in gloo). Flags already in XLA_FLAGS are kept.

@@ -43,7 +43,7 @@ def get_config():
   c.env.chunk_size = 512
   c.env.overlap = 0
   c.memory.capacity = 64
-  c.sampling.max_prompt_tokens = 2048
+  c.sampling.max_prompt_tokens = 7680  # the agentic prompts stay under ~1K; rag and full_context get the window
   c.sampling.max_new_tokens = 160
   c.sampling.max_answer_tokens = 32
   c.sampling.batch_size = 16

@@ -183,6 +183,9 @@ def train_base() -> ml_collections.ConfigDict:
   c.data.synthetic_hops = 2
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1
+  # True: each synthetic task draws its sections, hops, corrections, members and retractions
+  # at or below the knobs above (data/synthetic.py `varied_config`), so no count is constant.
+  c.data.synthetic_vary = False
 
   # GRPO (paper: G=8, 8 questions per batch, temperature 1.0, top-p 0.99, no std normalisation).
   c.grpo = ml_collections.ConfigDict()

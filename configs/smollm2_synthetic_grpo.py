@@ -5,7 +5,7 @@ LoRA: the RL half of the synthetic learning experiment.
 
 Starts from the final adapters of `init_from=outputs/smollm2_synthetic_sft`
 (configs/smollm2_synthetic_sft.py; run that first). Each iteration samples 8 tasks of another
-stream than the SFT data's (data.seed=2000; the same 6-section difficulty) x 8 rollouts
+stream than the SFT data's (data.seed=2000; the same varied difficulty, 4-7 sections) x 8 rollouts
 (temperature 1.0, top-p 0.99) in one batch of 64, rewards exact match minus 0.1 x the share
 of turns with parse errors, and keeps a k3 KL of 0.001 to the SFT policy. Made for one
 accelerator (launch/accelerator_synthetic.sh); the reward curve and per-turn CRUD frequencies

@@ -11,7 +11,7 @@
 # the run is sent SIGTERM, finishes its step, checkpoints and writes its adapters, and the
 # next stage goes on from them; rerunning the script resumes every stage where it stopped
 # (checkpoints, the eval episode store). Held-out tasks: seed 0, EVAL_DOCS sections, two
-# corrections and two retractions (training: seeds 1000 / 2000, 6 sections, one of each).
+# corrections and two retractions (training: seeds 1000 / 2000, 4-7 sections, at most one of each).
 # Every stage uses the hashing embedder, so the evaluation must too (it is passed below).
 #
 # Environment (defaults in brackets): RUNS [outputs] output root; SFT_SECONDS [180];

@@ -1,6 +1,7 @@
 """Synthetic tasks: determinism, oracle replay through parse + MemoryState + stream, baselines."""
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pytest
@@ -57,7 +58,10 @@ def test_structure(cfg):
 
 def _run(cfg, seed, n, method):
   """Scripted `method` on n tasks through the one rollout engine (uncapped call budget)."""
-  eps = oracle.episodes_of(cfg, seed, n)
+  return _run_episodes(oracle.episodes_of(cfg, seed, n), method)
+
+
+def _run_episodes(eps, method):
   allowed = ("scratchpad",) if method == "scratchpad_only" else protocol.OP_KINDS
   engine = RolloutEngine(RolloutConfig(env=env_lib.EnvConfig(max_calls=0),
                                        memory=mem_lib.MemoryConfig(capacity=32, dim=64, top_k=6),
@@ -116,6 +120,26 @@ def test_baselines_lower_with_corrections_and_retractions():
   # Without corrections/retractions, create-everything is as good as the oracle.
   assert _accuracy(syn.SyntheticConfig(task="chain", corrections=0), 2, 6,
                    "create_all_read_once") == 1.0
+
+
+def test_varied_stream_stays_at_or_below_the_knobs_and_regenerates():
+  """`vary` draws each task's difficulty at or below the config's knobs (training data stays
+  below a held-out evaluation's), spreads the counts, and the metadata regenerates the task."""
+  cfg = syn.SyntheticConfig(num_chunks=7, hops=3, corrections=1, members=4, retractions=1)
+  drawn = [syn.varied_config(cfg, 5, i) for i in range(64)]
+  assert drawn == [syn.varied_config(cfg, 5, i) for i in range(64)]  # a pure function
+  for d in drawn:
+    assert 4 <= d.num_chunks <= 7 and 1 <= d.hops <= 3 and d.corrections <= 1
+    assert d.retractions <= 1 and d.retractions <= d.members <= 4
+  for knob in ("num_chunks", "hops", "corrections", "members", "retractions"):
+    assert len({getattr(d, knob) for d in drawn}) > 1, knob  # no constant count to memorise
+  eps = oracle.episodes_of(cfg, 5, 8, vary=True)
+  for i, e in enumerate(eps):
+    ex = oracle.example_of(e)
+    assert ex == syn.generate(drawn[i], 5, i) and e.sections == ex.chunks
+  assert oracle.episodes_of(cfg, 5, 8)[0].meta["config"] == dataclasses.asdict(cfg)
+  for t in _run_episodes(eps, "oracle"):  # every drawn task is solvable by the oracle
+    assert t.scores["exact_match"] == 1.0
 
 
 def test_answer_from_memory():

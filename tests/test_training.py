@@ -194,3 +194,25 @@ def test_answer_repeats_weights_the_answering_turns():
   c = _micro_config("tiny_cpu_sft", pathlib.Path("/tmp/unused"), **{"data.answer_repeats": 0})
   with pytest.raises(ConfigError, match="^data.answer_repeats"):
     cfg_lib.validate(c)
+
+
+def test_synthetic_vary_draws_the_training_stream_below_the_knobs():
+  """`data.synthetic_vary`: the SFT/GRPO stream's tasks draw their own difficulty at or
+  below the data.synthetic_* knobs (so held-out evaluation stays harder); bad values fail."""
+  from atommem_jax.agent.build import ConfigError
+  from atommem_jax.training import config as cfg_lib
+  from atommem_jax.training import data as data_lib
+
+  c = _micro_config("tiny_cpu_sft", pathlib.Path("/tmp/unused"),
+                    **{"data.synthetic_vary": True, "data.synthetic_chunks": 7})
+  cfg_lib.validate(c)
+  eps = data_lib.training_episodes(c, 24)
+  sections = {len(e.sections) for e in eps}
+  assert sections <= set(range(4, 8)) and len(sections) > 1
+  assert all(e.meta["config"]["corrections"] <= 1 for e in eps)
+  c.data.synthetic_vary = False
+  assert {len(e.sections) for e in data_lib.training_episodes(c, 4)} == {7}
+  with c.ignore_type():
+    c.data.synthetic_vary = "yes"
+  with pytest.raises(ConfigError, match="^data.synthetic_vary"):
+    cfg_lib.validate(c)

@@ -110,16 +110,18 @@ def synthetic_config(c: ml_collections.ConfigDict, num_chunks: int) -> synthetic
                                    retractions=c.data.synthetic_retractions)
 
 
-def episodes_of(cfg: synthetic.SyntheticConfig, seed: int, n: int, start: int = 0
-                ) -> list[env_lib.Episode]:
+def episodes_of(cfg: synthetic.SyntheticConfig, seed: int, n: int, start: int = 0,
+                vary: bool = False) -> list[env_lib.Episode]:
   """Synthetic tasks `start .. start + n - 1` of a seeded stream, as episodes whose metadata
-  regenerates them (`example_of`)."""
+  regenerates them (`example_of`). `vary`: each task draws its own difficulty at or below
+  `cfg` (`synthetic.varied_config`); its metadata holds the drawn config."""
   out = []
   for i in range(start, start + n):
-    ex = synthetic.generate(cfg, seed, i)
+    task_cfg = synthetic.varied_config(cfg, seed, i) if vary else cfg
+    ex = synthetic.generate(task_cfg, seed, i)
     out.append(dataclasses.replace(to_episode(ex), meta={
         "dataset": "synthetic", "kind": ex.kind, "seed": seed, "index": i,
-        "config": dataclasses.asdict(cfg), "uses": list(ex.uses)}))
+        "config": dataclasses.asdict(task_cfg), "uses": list(ex.uses)}))
   return out
 
 

@@ -289,6 +289,29 @@ def generate(config: SyntheticConfig, seed: int, index: int = 0) -> SyntheticExa
       events=tuple((c, e.kind, e.text) for c, e in zip(key_chunks, events)), uses=tuple(uses))
 
 
+def varied_config(config: SyntheticConfig, seed: int, index: int) -> SyntheticConfig:
+  """Task `index`'s own difficulty, drawn at or below `config`'s knobs (a pure function).
+
+  A stream of one fixed difficulty (always 6 sections, one correction, one retraction)
+  lets a student learn its counts instead of the rule: "one update, then answer". Drawing
+  each task's hops, corrections, members, retractions and sections from [low, knob] keeps
+  the training data below the knobs (so evaluation at more sections and events stays
+  held out) while no count is a constant a student could memorise. Sections stay at least
+  half of `config.num_chunks` (fewer would be trivial tasks).
+  """
+  rng = random.Random(f"synthetic-vary/{seed}/{index}")
+  hops = rng.randint(1, config.hops)
+  corrections = rng.randint(0, config.corrections)
+  retractions = rng.randint(0, config.retractions)
+  members = rng.randint(min(config.members, max(2, retractions + 1)), config.members)
+  members = max(members, retractions)
+  chain = hops + corrections if config.task != "count" else 0
+  count = members + retractions if config.task != "chain" else 0
+  num_chunks = rng.randint(max(chain, count, (config.num_chunks + 1) // 2), config.num_chunks)
+  return dataclasses.replace(config, hops=hops, corrections=corrections, members=members,
+                             retractions=retractions, num_chunks=num_chunks)
+
+
 def generate_many(config: SyntheticConfig, seed: int, n: int, start: int = 0
                   ) -> Iterator[SyntheticExample]:
   for i in range(start, start + n):

@@ -132,6 +132,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   a = d.get("answer_repeats", 1)
   if not isinstance(a, int) or isinstance(a, bool) or a < 1:
     raise ConfigError(f"data.answer_repeats must be an integer >= 1, got {a!r}")
+  if not isinstance(d.get("synthetic_vary", False), bool):
+    raise ConfigError(f"data.synthetic_vary must be True or False, got {d.synthetic_vary!r}")
   if d.source not in DATA_SOURCES:
     raise ConfigError(f"data.source must be one of {DATA_SOURCES}, got {d.source!r}")
   if d.source == "jsonl":

@@ -31,7 +31,8 @@ REAL_DATASETS = ("hotpotqa", "2wiki", "musique")
 def synthetic_episodes(c: ml_collections.ConfigDict, n: int, start: int = 0) -> list[Episode]:
   """Tasks `start .. start + n - 1` of the config's seeded synthetic stream."""
   cfg = oracle.synthetic_config(c, c.data.synthetic_chunks)
-  return oracle.episodes_of(cfg, c.data.seed, n, start=start)
+  return oracle.episodes_of(cfg, c.data.seed, n, start=start,
+                            vary=bool(c.data.get("synthetic_vary", False)))
 
 
 def datasets(c: ml_collections.ConfigDict) -> list[str]:

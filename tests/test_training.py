@@ -216,3 +216,18 @@ def test_synthetic_vary_draws_the_training_stream_below_the_knobs():
     c.data.synthetic_vary = "yes"
   with pytest.raises(ConfigError, match="^data.synthetic_vary"):
     cfg_lib.validate(c)
+
+
+def test_grpo_plots_one_point_per_rollout_batch(tmp_path):
+  """GRPO's rollout statistics repeat on every optimizer step of their iteration; the plots
+  take one point per iteration (older records without `iteration` count one each)."""
+  recs = [dict(step=s, loss=0.1 * s, reward=float(s > 2), accuracy=0.5, iteration=int(s > 2),
+               **{f"ops_per_turn/{op}": 0.1 for op in logs.OPS}) for s in (1, 2, 3, 4, 5)]
+  points = logs._per_iteration(recs)
+  assert [i for i, _ in points] == [0, 1] and [r["step"] for _, r in points] == [1, 3]
+  assert [i for i, _ in logs._per_iteration([{"step": 1}, {"step": 2}])] == [0, 1]
+  paths = logs.plot_training(recs, tmp_path)
+  assert [p.name for p in paths] == ["training.png", "ops.png"]
+  assert all(p.stat().st_size > 0 for p in paths)
+  assert [p.name for p in logs.plot_training([dict(step=1, loss=1.0)], tmp_path)] == [
+      "training.png"]

@@ -87,14 +87,24 @@ def plot_training(records: Iterable[Mapping[str, Any]], out_dir: str | pathlib.P
     return paths
   steps = [r["step"] for r in records]
   grpo = any("reward" in r for r in records)
+  # GRPO's rollout statistics (reward, accuracy, op frequencies) belong to an iteration's
+  # rollout batch, repeated on each of its optimizer steps: plot one marked point per
+  # iteration, so a short run shows its few batches instead of flat lines over steps.
+  per_iter = _per_iteration(records) if grpo else []
   panels = [("loss", "loss")] + ([("reward", "reward (mean over rollouts)"),
                                   ("accuracy", "answer accuracy")] if grpo else [])
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
   for ax, (key, title) in zip(axes[0], panels):
-    xs = [s for s, r in zip(steps, records) if r.get(key) is not None]
-    ax.plot(xs, [r[key] for r in records if r.get(key) is not None], lw=1.5)
+    if key == "loss":
+      xs = [s for s, r in zip(steps, records) if r.get(key) is not None]
+      ax.plot(xs, [r[key] for r in records if r.get(key) is not None], lw=1.5)
+      ax.set_xlabel("optimizer step")
+    else:
+      pts = [(i, r[key]) for i, r in per_iter if r.get(key) is not None]
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", lw=1.5)
+      ax.set_xlabel("GRPO iteration (rollout batch)")
+      _iteration_axis(ax, [i for i, _ in per_iter])
     ax.set_title(title)
-    ax.set_xlabel("optimizer step")
     ax.grid(alpha=0.3)
   fig.tight_layout()
   paths.append(out_dir / "training.png")
@@ -104,11 +114,12 @@ def plot_training(records: Iterable[Mapping[str, Any]], out_dir: str | pathlib.P
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for op in OPS:
       key = f"ops_per_turn/{op}"
-      pts = [(s, r[key]) for s, r in zip(steps, records) if r.get(key) is not None]
+      pts = [(i, r[key]) for i, r in per_iter if r.get(key) is not None]
       if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=op, lw=1.5)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=op, lw=1.5)
     ax.set_title("memory operations per model turn (rollouts)")
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel("GRPO iteration (rollout batch)")
+    _iteration_axis(ax, [i for i, _ in per_iter])
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -116,3 +127,25 @@ def plot_training(records: Iterable[Mapping[str, Any]], out_dir: str | pathlib.P
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
   return paths
+
+
+def _iteration_axis(ax, iterations: list[int]) -> None:
+  """Whole-number ticks on an iteration axis (a single iteration gets a readable range)."""
+  from matplotlib.ticker import MaxNLocator
+
+  if iterations:
+    ax.set_xlim(min(iterations) - 0.5, max(iterations) + 0.5)
+  if len(iterations) <= 12:
+    ax.set_xticks(iterations)
+  else:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _per_iteration(records: list[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any]]]:
+  """(iteration, its first record), in order; records without an iteration count as their
+  own (older runs logged none)."""
+  out: dict[int, Mapping[str, Any]] = {}
+  for k, r in enumerate(records):
+    it = r.get("iteration")
+    out.setdefault(int(it) if it is not None else k, r)
+  return sorted(out.items())

@@ -15,9 +15,14 @@ as they would without training. Add a trained MemAgent-style policy with
 `--config.method_models=base=smollm2,memagent_sft=lora:<run>/lora.safetensors
 --config.methods=...,memagent@memagent_sft`. `data.data_dir` may hold the official
 hotpot_dev_distractor_v1.json (else the local sample in ../shared/data is used; results.json
-says which). The environment matches training: 512-token sections, no overlap, prompts up
-to 2,048 tokens; at 50 documents (~7K tokens) that is ~14 sections per question.
-Resumable: finished episodes in output_dir/episodes are reused by a rerun.
+says which). The environment matches training: 512-token sections, no overlap; at 50
+documents (~7K tokens) that is ~14 sections per question. Prompts may run to 7,680 tokens:
+the agentic ones stay under ~1K (as in training, where the cap was 2,048), while rag's six
+retrieved sections and full_context's whole 50-document context need the model's window.
+Resumable: finished episodes in output_dir/episodes are reused by a rerun. The full
+comparison (baselines and trained policies, 2Wiki and MuSiQue, 200 documents) runs in
+resumable stages with `bash launch/eval_real.sh`; on 2 CPU cores full_context alone takes
+~43 s a question at 50 documents.
 """
 import pathlib
 

@@ -33,10 +33,14 @@ def _flags(cmd: list[str]) -> dict[str, str]:
 def test_stages_dirs_and_flags(tmp_path):
   cmds = _commands(tmp_path, MEMAGENT_POLICY="lora:/m.safetensors")
   flags = [_flags(c) for c in cmds]
+  import hashlib
+
+  shipped = REPO / "atommem_jax" / "trained" / "smollm2_atommem.safetensors"
+  tag = hashlib.sha256(shipped.read_bytes()).hexdigest()[:8] + "-lora__m.safetensors"
   assert [pathlib.Path(f["output_dir"]).name for f in flags] == [
-      "base_hotpotqa_50", "base_2wiki_musique_50", "trained_hotpotqa_50",
-      "trained_2wiki_musique_50", "base_hotpotqa_200", "base_2wiki_musique_200",
-      "trained_hotpotqa_200", "trained_2wiki_musique_200"]
+      "base_hotpotqa_50", "base_2wiki_musique_50", f"trained_{tag}_hotpotqa_50",
+      f"trained_{tag}_2wiki_musique_50", "base_hotpotqa_200", "base_2wiki_musique_200",
+      f"trained_{tag}_hotpotqa_200", f"trained_{tag}_2wiki_musique_200"]
   assert [f["max_examples"] for f in flags] == ["100", "30", "100", "30", "20", "10", "20", "10"]
   for f in flags[:2] + flags[4:6]:
     assert f["model.source"] == "smollm2" and f["method_models"] == ""
@@ -46,6 +50,18 @@ def test_stages_dirs_and_flags(tmp_path):
     assert f["method_models"] == "memagent_sft=lora:/m.safetensors"
   assert all("env.max_calls" not in f for f in flags[:4])
   assert all(f["env.max_calls"] == "0" for f in flags[4:])
+
+
+def test_tag_data_dir_and_extra_flags(tmp_path):
+  """TAG names the trained dirs; DATA_DIR and EVAL_FLAGS reach every stage, EVAL_FLAGS last."""
+  cmds = _commands(tmp_path, STAGES="base50 trained50", TAG="v2", DATA_DIR="/data dir",
+                   EVAL_FLAGS="--config.sampling.batch_size=4")
+  names = [pathlib.Path(_flags(c)["output_dir"]).name for c in cmds]
+  assert names == ["base_hotpotqa_50", "base_2wiki_musique_50", "trained_v2_hotpotqa_50",
+                   "trained_v2_2wiki_musique_50"]
+  for c in cmds:
+    assert _flags(c)["data.data_dir"] == "/data dir"
+    assert c[-1] == "--config.sampling.batch_size=4"
 
 
 def test_every_command_is_a_valid_config(tmp_path):

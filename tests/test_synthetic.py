@@ -142,6 +142,26 @@ def test_varied_stream_stays_at_or_below_the_knobs_and_regenerates():
     assert t.scores["exact_match"] == 1.0
 
 
+@pytest.mark.parametrize("cfg", [
+    syn.SyntheticConfig(task="chain", hops=1, corrections=0, num_chunks=1),
+    syn.SyntheticConfig(task="chain", hops=5, corrections=3, num_chunks=8),
+    syn.SyntheticConfig(task="count", members=1, retractions=1, num_chunks=2),
+    syn.SyntheticConfig(task="count", members=6, retractions=6, num_chunks=12),
+    syn.SyntheticConfig(task="mixed", hops=5, corrections=2, members=6, retractions=4,
+                        num_chunks=10),
+])
+def test_varied_configs_are_valid_and_never_exceed_a_knob(cfg):
+  """Edge knobs (one member retracted, the fewest sections the events allow): every drawn
+  config is a valid SyntheticConfig (its __post_init__ ran) at or below each knob, and its
+  task generates."""
+  for i in range(40):
+    d = syn.varied_config(cfg, 3, i)
+    for knob in ("num_chunks", "hops", "corrections", "members", "retractions"):
+      assert getattr(d, knob) <= getattr(cfg, knob), (knob, d)
+    assert d.task == cfg.task and d.distractors_per_chunk == cfg.distractors_per_chunk
+    assert len(syn.generate(d, 3, i).chunks) == d.num_chunks
+
+
 def test_answer_from_memory():
   spec = ("Ann", "mentor", "home city")
   texts = ["The home city of Bob is Oslo.", "The mentor of Ann is Bob.", "noise"]

@@ -226,6 +226,8 @@ def test_grpo_plots_one_point_per_rollout_batch(tmp_path):
   points = logs._per_iteration(recs)
   assert [i for i, _ in points] == [0, 1] and [r["step"] for _, r in points] == [1, 3]
   assert [i for i, _ in logs._per_iteration([{"step": 1}, {"step": 2}])] == [0, 1]
+  mixed = [{"step": 1}, {"step": 2}, {"step": 3, "iteration": 0}, {"step": 4, "iteration": 1}]
+  assert [(i, r["step"]) for i, r in logs._per_iteration(mixed)] == [(0, 3), (1, 4)]
   paths = logs.plot_training(recs, tmp_path)
   assert [p.name for p in paths] == ["training.png", "ops.png"]
   assert all(p.stat().st_size > 0 for p in paths)

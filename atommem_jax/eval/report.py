@@ -207,6 +207,21 @@ def provenance_lines(provenance: dict[str, dict]) -> list[str]:
   return lines
 
 
+def prompt_cut_lines(results: dict) -> list[str]:
+  """Markdown bullets: per method, how many prompts lost their middle to the prompt cap (a
+  cut full_context or rag row is not the whole document's answer)."""
+  lines = []
+  for method, r in results.items():
+    if "model_calls" not in r:
+      continue
+    cut = r.get("truncated_prompts", 0)
+    line = (f"- {method}: {cut} of {r['model_calls']} prompts were longer than "
+            f"sampling.max_prompt_tokens and lost their middle; longest prompt "
+            f"{r.get('longest_prompt_tokens', 0)} tokens")
+    lines.append(line + (" **(cut)**" if cut else ""))
+  return lines
+
+
 def summary_markdown(results: dict) -> str:
   """summary.md: the score table, the metrics' meaning, prompt cuts and data provenance."""
   parts = [summary_table(results), "",
@@ -215,15 +230,7 @@ def summary_markdown(results: dict) -> str:
            "bidirectional substring match (lenient: \"no\" vs \"Norway\" counts; for "
            "comparison with published tables only). untagged = share of answered questions "
            "whose reply had no <final_answer> tag (its free text was taken as the answer)."]
-  prompt_lines = []
-  for method, r in results.items():
-    if "model_calls" not in r:
-      continue
-    cut = r.get("truncated_prompts", 0)
-    line = (f"- {method}: {cut} of {r['model_calls']} prompts were longer than "
-            f"sampling.max_prompt_tokens and lost their middle; longest prompt "
-            f"{r.get('longest_prompt_tokens', 0)} tokens")
-    prompt_lines.append(line + (" **(cut)**" if cut else ""))
+  prompt_lines = prompt_cut_lines(results)
   if prompt_lines:
     parts += ["", "## Prompts", *prompt_lines]
   prov = provenance_of(results)

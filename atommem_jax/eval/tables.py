@@ -7,10 +7,13 @@ A long evaluation is split into runs (output dirs): the prompted baselines do no
 when the trained policy does, and a run's episode store refuses a different config, so the
 baselines, each trained policy, each dataset and each length live in their own directory.
 This prints their rows side by side (method, run label, dataset, length, n, EM / F1 /
-contains / sub-EM, untagged answers, ops and parse errors per step), then where each
-dataset's questions came from. A run reads its `results.json`; with `--partial`, a run that
-has not finished reads `results.partial.json` (its completed cells) and is marked so.
-Missing files are an error naming the directory: nothing is silently left out.
+contains / sub-EM, untagged answers, ops and parse errors per step), then each run's prompt
+cuts (a cut full_context row did not see the whole document) and where each dataset's
+questions came from, per run when runs differ. A run reads its `results.json`; a run that
+has not finished (no results.json, or a results.partial.json newer than it: a rerun with
+more questions is under way) is an error naming the directory, or with `--partial` shows
+its completed cells, marked so (a run with none yet is listed as such). Nothing is silently
+left out.
 """
 from __future__ import annotations
 
@@ -22,17 +25,28 @@ from typing import Sequence
 from atommem_jax.eval import report
 
 
+class NoCellsYet(Exception):
+  """An unfinished run without a completed cell (its first cell is still running)."""
+
+
 def load_run(path: str | pathlib.Path, partial: bool = False) -> tuple[dict, bool]:
-  """(results, finished) of one output dir; a finished run's results.json, else (partial)
+  """(results, finished) of one output dir: a finished run's results.json, else (partial)
   its completed cells."""
   out = pathlib.Path(path)
-  if (out / "results.json").exists():
-    return report.load_results(out / "results.json"), True
-  if partial and (out / "results.partial.json").exists():
-    return report.load_results(out / "results.partial.json"), False
-  what = "results.json or results.partial.json" if partial else "results.json"
-  hint = "" if partial else " (its completed cells: --partial)"
-  raise FileNotFoundError(f"{out}: no {what}; the evaluation has not finished there{hint}")
+  final, cells = out / "results.json", out / "results.partial.json"
+  if not out.is_dir():
+    raise FileNotFoundError(f"{out}: not a directory")
+  stale = final.exists() and cells.exists() and cells.stat().st_mtime > final.stat().st_mtime
+  if final.exists() and not stale:
+    return report.load_results(final), True
+  if partial:
+    if cells.exists():
+      return report.load_results(cells), False
+    raise NoCellsYet(f"{out}: no completed cell yet")
+  why = ("results.partial.json is newer than results.json (a rerun is under way)" if stale
+         else "no results.json")
+  raise FileNotFoundError(f"{out}: {why}; the evaluation has not finished there (its "
+                          "completed cells: --partial)")
 
 
 def merge(runs: Sequence[tuple[str, dict, bool]]) -> dict:
@@ -49,15 +63,40 @@ def merge(runs: Sequence[tuple[str, dict, bool]]) -> dict:
   return merged
 
 
-def markdown(runs: Sequence[tuple[str, dict, bool]]) -> str:
-  merged = merge(runs)
-  prov: dict[str, dict] = {}
-  for _, results, _ in runs:
+def provenance_by_dataset(runs: Sequence[tuple[str, dict, bool]]
+                          ) -> dict[str, list[tuple[list[str], dict]]]:
+  """dataset -> [(run labels, provenance)], one entry per distinct provenance (runs of one
+  dev file with different numbers of questions differ in `questions_used`)."""
+  out: dict[str, list[tuple[list[str], dict]]] = {}
+  for label, results, _ in runs:
     for ds, p in report.provenance_of(results).items():
-      prov.setdefault(ds, p)
+      for labels, known in out.setdefault(ds, []):
+        if known == p:
+          labels.append(label)
+          break
+      else:
+        out[ds].append(([label], p))
+  return out
+
+
+def markdown(runs: Sequence[tuple[str, dict, bool]], empty: Sequence[str] = ()) -> str:
+  """The merged table, prompt cuts, data provenance; `empty`: labels of unfinished runs
+  without a completed cell."""
+  merged = merge(runs)
   lines = [report.summary_table(merged)]
+  lines += [f"- {label}: no completed cell yet" for label in empty]
+  cuts = report.prompt_cut_lines(merged)
+  if cuts:
+    lines += ["", "Prompts:", *cuts]
+  prov = provenance_by_dataset(runs)
   if prov:
-    lines += ["", *report.provenance_lines(prov)]
+    lines += ["", "Data:"]
+    for ds, entries in prov.items():
+      for labels, p in entries:
+        first, *rest = report.provenance_lines({ds: p})
+        if len(entries) > 1:
+          first += f" (runs: {', '.join(labels)})"
+        lines += [first, *rest]
   return "\n".join(lines) + "\n"
 
 
@@ -73,16 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--partial", action="store_true",
                   help="read an unfinished run's completed cells (results.partial.json)")
   a = ap.parse_args(argv)
-  runs = []
+  runs, empty = [], []
   for arg in a.runs:
     path, label = parse_run(arg)
     try:
       results, finished = load_run(path, a.partial)
+    except NoCellsYet:
+      empty.append(label)
+      continue
     except FileNotFoundError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
     runs.append((label, results, finished))
-  sys.stdout.write(markdown(runs))
+  sys.stdout.write(markdown(runs, empty))
   return 0
 
 

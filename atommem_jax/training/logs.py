@@ -142,10 +142,13 @@ def _iteration_axis(ax, iterations: list[int]) -> None:
 
 
 def _per_iteration(records: list[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any]]]:
-  """(iteration, its first record), in order; records without an iteration count as their
-  own (older runs logged none)."""
+  """(iteration, its first record), in order. Records without an iteration (runs logged
+  before it was recorded) count one each, by position, when no record has one; when some do,
+  those without are left out rather than mixed into the iteration numbering."""
+  if not any(r.get("iteration") is not None for r in records):
+    return list(enumerate(records))
   out: dict[int, Mapping[str, Any]] = {}
-  for k, r in enumerate(records):
-    it = r.get("iteration")
-    out.setdefault(int(it) if it is not None else k, r)
+  for r in records:
+    if r.get("iteration") is not None:
+      out.setdefault(int(r["iteration"]), r)
   return sorted(out.items())

@@ -19,9 +19,9 @@
 # its own dirs. A dir's episode store refuses another config (or code version): keep
 # DATA_DIR and EVAL_FLAGS the same across reruns (DATA_DIR=../shared/data is a different
 # value from the unset default, though the same files). Rerunning continues where a kill
-# stopped it (the batch being run is redone). Every run uses configs/eval_trained_smollm2.py (512-token sections,
-# prompts up to 7,680 tokens: rag's retrieved sections and full_context's document are not
-# cut at 50 documents). On the 2 CPU cores of this project's machines base50 takes hours
+# stopped it (the batch being run is redone). Every run uses configs/eval_trained_smollm2.py
+# (512-token sections, prompts up to 7,680 tokens: rag's retrieved sections and
+# full_context's document are not cut at 50 documents). On the 2 CPU cores of this project's machines base50 takes hours
 # (full_context ~43 s a question); see docs/results.md for measured times.
 #
 # Environment (defaults in brackets): RUNS [outputs/eval_real]; STAGES [base50 trained50

@@ -303,8 +303,9 @@ def varied_config(config: SyntheticConfig, seed: int, index: int) -> SyntheticCo
   hops = rng.randint(1, config.hops)
   corrections = rng.randint(0, config.corrections)
   retractions = rng.randint(0, config.retractions)
+  # At least one member stays (at least 2 where the knob allows); retractions <= members
+  # holds since retractions <= config.retractions <= config.members.
   members = rng.randint(min(config.members, max(2, retractions + 1)), config.members)
-  members = max(members, retractions)
   chain = hops + corrections if config.task != "count" else 0
   count = members + retractions if config.task != "chain" else 0
   num_chunks = rng.randint(max(chain, count, (config.num_chunks + 1) // 2), config.num_chunks)

@@ -100,10 +100,7 @@ def plot_training(records: Iterable[Mapping[str, Any]], out_dir: str | pathlib.P
       ax.plot(xs, [r[key] for r in records if r.get(key) is not None], lw=1.5)
       ax.set_xlabel("optimizer step")
     else:
-      pts = [(i, r[key]) for i, r in per_iter if r.get(key) is not None]
-      ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", lw=1.5)
-      ax.set_xlabel("GRPO iteration (rollout batch)")
-      _iteration_axis(ax, [i for i, _ in per_iter])
+      _plot_per_iteration(ax, per_iter, key)
     ax.set_title(title)
     ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -113,13 +110,8 @@ def plot_training(records: Iterable[Mapping[str, Any]], out_dir: str | pathlib.P
   if grpo:
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for op in OPS:
-      key = f"ops_per_turn/{op}"
-      pts = [(i, r[key]) for i, r in per_iter if r.get(key) is not None]
-      if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=op, lw=1.5)
+      _plot_per_iteration(ax, per_iter, f"ops_per_turn/{op}", label=op)
     ax.set_title("memory operations per model turn (rollouts)")
-    ax.set_xlabel("GRPO iteration (rollout batch)")
-    _iteration_axis(ax, [i for i, _ in per_iter])
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -129,10 +121,17 @@ def plot_training(records: Iterable[Mapping[str, Any]], out_dir: str | pathlib.P
   return paths
 
 
-def _iteration_axis(ax, iterations: list[int]) -> None:
-  """Whole-number ticks on an iteration axis (a single iteration gets a readable range)."""
+def _plot_per_iteration(ax, per_iter: list[tuple[int, Mapping[str, Any]]], key: str,
+                        label: str | None = None) -> None:
+  """One marked point per iteration for `key` (where logged) on an iteration axis with
+  whole-number ticks (a single iteration gets a readable range)."""
   from matplotlib.ticker import MaxNLocator
 
+  pts = [(i, r[key]) for i, r in per_iter if r.get(key) is not None]
+  if pts:
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label, lw=1.5)
+  ax.set_xlabel("GRPO iteration (rollout batch)")
+  iterations = [i for i, _ in per_iter]
   if iterations:
     ax.set_xlim(min(iterations) - 0.5, max(iterations) + 0.5)
   if len(iterations) <= 12:

@@ -155,6 +155,9 @@ def train_base() -> ml_collections.ConfigDict:
   c.loss.kl_coef = 0.001  # k3 KL to the frozen initial policy (GRPO); 0 = no reference
   c.loss.chunk_size = 256  # sequence positions per output-head chunk
   c.loss.remat = True
+  # SFT (and GRPO's warm-start SFT): weight of the prompt tokens' next-token loss; 0 = the
+  # responses only. For policies trained from scratch (configs/tiny_synthetic_sft.py).
+  c.loss.prompt_weight = 0.0
 
   # Packed batches: `rows` rows of `seq_len` tokens per optimizer step, split into
   # `micro_batches` accumulated slices. A turn longer than seq_len loses the head of its
@@ -173,6 +176,10 @@ def train_base() -> ml_collections.ConfigDict:
   c.data.max_records = 0  # real: first records of each train file (0 = all)
   c.data.jsonl = ""
   c.data.answer_repeats = 1  # SFT: copies of each answering-phase turn (weights answering)
+  # SFT: a teacher response longer than its phase's sampling budget (max_new_tokens /
+  # max_answer_tokens) is one the policy could never finish: "error" stops before training,
+  # "drop" leaves those turns out (counted in the [data] line).
+  c.data.overlong = "error"
   c.data.min_score = -1.0  # jsonl: keep episodes whose exact_match >= min_score (rejection sampling)
   c.data.num_examples = 64  # SFT: teacher episodes (synthetic: generated; real: first of the
   # train episodes, 0 = all)

@@ -49,8 +49,9 @@ def get_config():
   c.env.overlap = 0
   c.memory.capacity = 64
   c.sampling.max_prompt_tokens = 7680  # the agentic prompts stay under ~1K; rag and full_context get the window
-  c.sampling.max_new_tokens = 160
-  c.sampling.max_answer_tokens = 32
+  c.sampling.max_new_tokens = 160  # configs/smollm2_sft.py's budgets
+  c.sampling.max_answer_tokens = 96  # (was 32: it cut 95% of prompted full_context answers
+  # and the trained policy's notes-then-answer turns)
   c.sampling.batch_size = 16
   c.max_memory_chars = 300
   return c

@@ -31,8 +31,8 @@ def get_config():
   c.env.max_calls = 0  # automatic: every section twice + every allowed query + answers
   c.memory.capacity = 32
   c.sampling.max_prompt_tokens = 1024
-  c.sampling.max_new_tokens = 96
-  c.sampling.max_answer_tokens = 24
+  c.sampling.max_new_tokens = 128  # the oracle's longest reading response: 103 test-tokenizer tokens
+  c.sampling.max_answer_tokens = 64  # its answering-phase query: up to 46
   c.max_memory_chars = 200
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 20

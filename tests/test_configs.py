@@ -4,8 +4,12 @@ from __future__ import annotations
 import importlib
 import json
 import pathlib
+import shutil
 
 import pytest
+
+from atommem_jax.models import config as model_config
+from atommem_jax.models.hf_io import config_to_hf
 
 from atommem_jax.eval import config as eval_cfg
 from atommem_jax.training import config as train_cfg
@@ -30,7 +34,7 @@ def qwen3_8b_dir(tmp_path_factory, test_tokenizer_dir):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_validates(name, qwen3_8b_dir, tmp_path):
+def test_config_validates(name, qwen3_8b_dir, test_tokenizer_dir, tmp_path):
   c = importlib.import_module(f"configs.{name}").get_config()
   if "algorithm" in c:  # a training config
     if "qwen3_8b" in name:
@@ -42,6 +46,14 @@ def test_config_validates(name, qwen3_8b_dir, tmp_path):
       c.init_from = str(tmp_path)
     train_cfg.validate(c)
   else:
+    if str(c.model.source).startswith("orbax:"):  # a training run made on this machine
+      run = tmp_path / "run"
+      (run / "model").mkdir(parents=True)
+      (run / "model" / "config.json").write_text(json.dumps(config_to_hf(model_config.tiny(
+          max_position_embeddings=8192))))
+      for f in pathlib.Path(test_tokenizer_dir).iterdir():
+        shutil.copy(f, run / "model" / f.name)
+      c.model.source = f"orbax:{run}"
     eval_cfg.validate(c)
 
 

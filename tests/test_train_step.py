@@ -1,6 +1,8 @@
 """The jitted train step: SFT and GRPO losses, accumulation, no recompiles, sharded = single."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,3 +122,36 @@ def test_bfloat16_compute_keeps_float32_master_weights():
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
            for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(init_params(CFG, seed=0)))]
   assert max(moved) > 0
+
+
+def test_prompt_weight_adds_the_prompt_tokens_nll():
+  """loss.prompt_weight w: loss = (sum of response NLL + w * sum of prompt NLL) / (responses +
+  w * prompts), over scored tokens only (no padding, no segment's first token); w = 0 is the
+  responses-only loss; response_nll stays the responses' own."""
+  from atommem_jax.models import scoring
+
+  params = init_params(CFG, seed=0)
+  b = _batch(3)
+  lp = np.asarray(scoring.token_logprobs(CFG, params, b["tokens"], b["positions"],
+                                         b["segment_ids"], chunk_size=16))
+  scored = np.asarray(scoring.scored_mask(b["segment_ids"]))
+  resp = b["loss_mask"] * scored
+  prompt = (1.0 - b["loss_mask"]) * scored
+  assert prompt.sum() > resp.sum() > 0
+  for w in (0.0, 0.25, 1.0):
+    loss = dataclasses.replace(_loss("sft"), prompt_weight=w)
+    value, m = step_lib.loss_fn(params, b, model_config=CFG, loss=loss)
+    want = -(lp * (resp + w * prompt)).sum() / (resp + w * prompt).sum()
+    np.testing.assert_allclose(float(value), want, rtol=1e-5)
+    if w:
+      np.testing.assert_allclose(float(m["response_nll"]), -(lp * resp).sum() / resp.sum(),
+                                 rtol=1e-5)
+    else:
+      assert "response_nll" not in m
+
+
+def test_prompt_weight_is_an_sft_option_in_range():
+  with pytest.raises(ValueError, match=r"prompt_weight must be in \[0, 1\]"):
+    step_lib.LossConfig(kind="sft", prompt_weight=1.5)
+  with pytest.raises(ValueError, match="SFT option"):
+    step_lib.LossConfig(kind="grpo", prompt_weight=0.1)

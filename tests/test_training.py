@@ -233,3 +233,52 @@ def test_grpo_plots_one_point_per_rollout_batch(tmp_path):
   assert all(p.stat().st_size > 0 for p in paths)
   assert [p.name for p in logs.plot_training([dict(step=1, loss=1.0)], tmp_path)] == [
       "training.png"]
+
+
+def test_prompt_weight_config_is_validated():
+  """loss.prompt_weight: in [0, 1]; on GRPO only with a warm-start SFT (where it applies)."""
+  from atommem_jax.agent.build import ConfigError
+  from atommem_jax.training import config as cfg_lib
+
+  c = _micro_config("tiny_cpu_sft", pathlib.Path("/tmp/unused"), **{"loss.prompt_weight": 0.1})
+  cfg_lib.validate(c)
+  assert cfg_lib.loss_config(c).prompt_weight == 0.1
+  c.loss.prompt_weight = 2.0
+  with pytest.raises(ConfigError, match=r"^loss: prompt_weight must be in \[0, 1\]"):
+    cfg_lib.validate(c)
+  g = _micro_config("tiny_cpu_grpo", pathlib.Path("/tmp/unused"), **{"loss.prompt_weight": 0.1})
+  cfg_lib.validate(g)  # applies to its warm-start SFT
+  assert cfg_lib.loss_config(g).prompt_weight == 0.0  # the GRPO loss itself
+  g.warm_start.sft_steps = 0
+  with pytest.raises(ConfigError, match="^loss.prompt_weight"):
+    cfg_lib.validate(g)
+
+
+def test_sft_refuses_or_drops_responses_longer_than_the_sampling_budget():
+  """A teacher turn longer than its phase's budget is one the policy could never finish (cut
+  at the budget in evaluation and GRPO): data.overlong="error" names the budget, "drop"
+  leaves the turn out and counts it."""
+  from atommem_jax.agent.build import ConfigError
+  from atommem_jax.agent.trajectory import StepRecord, Trajectory
+  from atommem_jax.training import config as cfg_lib
+  from atommem_jax.training import data as data_lib
+
+  def step(i, phase, n):
+    return StepRecord(index=i, phase=phase, chunk=i, question=0, prompt_text="p",
+                      response_text="r", prompt_ids=[1, 2], response_ids=[3] * n)
+
+  t = Trajectory(episode_id="e", method="atommem", questions=["q"], golds=[["a"]],
+                 answers=["a"], steps=[step(0, "reading", 5), step(1, "reading", 9),
+                                       step(2, "answering", 4), step(3, "answering", 7)])
+  assert data_lib.response_overruns([t], max_new_tokens=8, max_answer_tokens=8) == {
+      "reading": (1, 2, 9)}
+  with pytest.raises(ValueError, match=r"1 of 2 answering turns exceed "
+                     r"sampling.max_answer_tokens=6 \(longest 7 tokens\)"):
+    data_lib.check_response_budgets([t], max_new_tokens=9, max_answer_tokens=6)
+  data_lib.check_response_budgets([t], max_new_tokens=9, max_answer_tokens=7)  # fits exactly
+  turns, stats = data_lib.turns_of([t], vocab_size=16,
+                                   budgets={"reading": 8, "answering": 6})
+  assert [len(r) for _, r in turns] == [5, 4] and stats.overlong_dropped == 2
+  c = _micro_config("tiny_cpu_sft", pathlib.Path("/tmp/unused"), **{"data.overlong": "trim"})
+  with pytest.raises(ConfigError, match="^data.overlong"):
+    cfg_lib.validate(c)

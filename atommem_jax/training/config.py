@@ -51,7 +51,8 @@ def loss_config(c: ml_collections.ConfigDict) -> step_lib.LossConfig:
   try:
     return step_lib.LossConfig(kind=kind, aggregation=lo.aggregation, max_segments=lo.max_segments,
                                clip_low=lo.clip_low, clip_high=lo.clip_high, kl_coef=lo.kl_coef,
-                               chunk_size=lo.chunk_size, remat=lo.remat)
+                               chunk_size=lo.chunk_size, remat=lo.remat,
+                               prompt_weight=float(lo.get("prompt_weight", 0.0)) if kind == "sft" else 0.0)
   except ValueError as e:
     key = "grpo.policy_loss" if "policy loss" in str(e) else "loss"
     raise ConfigError(f"{key}: {e}") from None
@@ -126,9 +127,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
   optim_config(c)
   loss_config(c)
   lora_config(c)
+  if (c.algorithm == "grpo" and float(c.loss.get("prompt_weight", 0.0))
+      and not c.warm_start.sft_steps):
+    raise ConfigError("loss.prompt_weight weights prompt tokens in SFT (and GRPO's warm-start "
+                      "SFT); this GRPO run has no warm start, so it would be ignored: set it to 0")
   if c.loss.chunk_size <= 0:
     raise ConfigError(f"loss.chunk_size must be positive, got {c.loss.chunk_size}")
   d = c.data
+  if d.get("overlong", "error") not in ("error", "drop"):
+    raise ConfigError(f"data.overlong must be 'error' or 'drop', got {d.overlong!r}")
   a = d.get("answer_repeats", 1)
   if not isinstance(a, int) or isinstance(a, bool) or a < 1:
     raise ConfigError(f"data.answer_repeats must be an integer >= 1, got {a!r}")

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from atommem_jax.agent import oracle
-from atommem_jax.agent.environment import ANSWERING, Episode
+from atommem_jax.agent.environment import ANSWERING, READING, Episode
 from atommem_jax.agent.trajectory import Trajectory, read_jsonl
 from atommem_jax.training import packing
 
@@ -113,20 +113,22 @@ class TurnStats:
   turns: int
   response_tokens: int
   prompt_tokens: int
+  overlong_dropped: int = 0  # turns longer than their phase's sampling budget, left out
 
 
 def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: float | None = None,
-             score_key: str = "exact_match", answer_repeats: int = 1
-             ) -> tuple[list[packing.Turn], TurnStats]:
+             score_key: str = "exact_match", answer_repeats: int = 1,
+             budgets: dict[str, int] | None = None) -> tuple[list[packing.Turn], TurnStats]:
   """(prompt ids, response ids) of every model-facing step (steps scripted by a static
   workflow carry no ids and are skipped). min_score: keep only episodes scoring at least
   that (rejection sampling of logged rollouts). answer_repeats: each answering-phase turn
   appears that many times (answering turns are a few per episode against one or more per
-  section; a policy trained on one copy learned to read before it learned to answer)."""
+  section; a policy trained on one copy learned to read before it learned to answer).
+  budgets: {phase: max response tokens}; longer responses are left out (counted)."""
   if answer_repeats < 1:
     raise ValueError(f"answer_repeats must be >= 1, got {answer_repeats}")
   turns: list[packing.Turn] = []
-  kept = 0
+  kept = dropped = 0
   for t in trajectories:
     if min_score is not None and t.scores.get(score_key, 0.0) < min_score:
       continue
@@ -138,12 +140,49 @@ def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: flo
       if hi >= vocab_size or min(min(s.prompt_ids), min(s.response_ids)) < 0:
         raise ValueError(f"trajectory {t.episode_id!r} step {s.index}: token id {hi} outside the "
                          f"policy's vocabulary [0, {vocab_size}) (another tokenizer's ids?)")
+      if budgets is not None and len(s.response_ids) > budgets[s.phase]:
+        dropped += 1
+        continue
       copies = answer_repeats if s.phase == ANSWERING else 1
       turns.extend((list(s.prompt_ids), list(s.response_ids)) for _ in range(copies))
   stats = TurnStats(episodes=len(trajectories), kept_episodes=kept, turns=len(turns),
                     response_tokens=sum(len(r) for _, r in turns),
-                    prompt_tokens=sum(len(p) for p, _ in turns))
+                    prompt_tokens=sum(len(p) for p, _ in turns), overlong_dropped=dropped)
   return turns, stats
+
+
+def response_overruns(trajectories: Sequence[Trajectory], *, max_new_tokens: int,
+                      max_answer_tokens: int) -> dict[str, tuple[int, int, int]]:
+  """Per phase ("reading", "answering") with any overrun: (turns whose response ids are longer
+  than that phase's sampling budget, the phase's turns, the longest response). A policy
+  trained on such a turn is cut at the budget whenever it writes it at evaluation or in
+  GRPO's rollouts (an unclosed tag, a parse error), so SFT refuses the data."""
+  budget = {READING: max_new_tokens, ANSWERING: max_answer_tokens}
+  counts: dict[str, list[int]] = {}
+  for t in trajectories:
+    for st in t.steps:
+      if not st.prompt_ids or not st.response_ids:
+        continue
+      c = counts.setdefault(st.phase, [0, 0, 0])
+      c[0] += len(st.response_ids) > budget[st.phase]
+      c[1] += 1
+      c[2] = max(c[2], len(st.response_ids))
+  return {ph: (n, total, longest) for ph, (n, total, longest) in counts.items() if n}
+
+
+def check_response_budgets(trajectories: Sequence[Trajectory], *, max_new_tokens: int,
+                           max_answer_tokens: int) -> None:
+  """Raises ValueError naming the sampling budget each phase's SFT responses overrun."""
+  over = response_overruns(trajectories, max_new_tokens=max_new_tokens,
+                           max_answer_tokens=max_answer_tokens)
+  key = {READING: f"sampling.max_new_tokens={max_new_tokens}",
+         ANSWERING: f"sampling.max_answer_tokens={max_answer_tokens}"}
+  if over:
+    parts = [f"{n} of {total} {ph} turns exceed {key[ph]} (longest {longest} tokens)"
+             for ph, (n, total, longest) in sorted(over.items())]
+    raise ValueError("SFT responses longer than the policy may write: " + "; ".join(parts)
+                     + ". The trained policy would be cut there in evaluation and GRPO; raise "
+                     "the budget (or shorten the teacher's responses)")
 
 
 def read_trajectories(paths: Sequence[str | pathlib.Path]) -> list[Trajectory]:

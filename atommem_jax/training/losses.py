@@ -268,7 +268,17 @@ def aggregation_denominator(loss_mask: jax.Array, segment_ids: jax.Array, mode: 
 # Losses
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+def prompt_weighted_mask(loss_mask: jax.Array, prompt_weight: float) -> jax.Array:
+  """`loss_mask` (1 on response tokens) with `prompt_weight` on every other token: SFT that
+  also models the prompt. Padding and each segment's first token still need masking out
+  (the caller's `scored_mask`)."""
+  if not prompt_weight:
+    return loss_mask
+  return loss_mask + prompt_weight * (1.0 - loss_mask)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of `x` weighted by `mask` (0 when the mask is empty)."""
   return _safe_div(jnp.sum(_masked_values(x, mask)), jnp.sum(mask))
 
 
@@ -310,22 +320,22 @@ def grpo_policy_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: j
     ref_logprobs = jax.lax.stop_gradient(ref_logprobs)
     kl = kl_k3(jnp.where(on, logprobs, 0.0), jnp.where(on, ref_logprobs, 0.0))  # [B, T]
     loss = aggregate(pg + kl_coef * kl, mask, segment_ids, aggregation, **agg)
-    kl_mean = _masked_mean(kl, mask)
+    kl_mean = masked_mean(kl, mask)
   else:
     loss = pg_loss
     kl_mean = jnp.zeros((), jnp.float32)
   low = on & (advantages < 0) & (ratio < 1.0 - clip_low)
   high = on & (advantages > 0) & (ratio > 1.0 + clip_high)
-  frac_low = _masked_mean(low.astype(jnp.float32), mask)
-  frac_high = _masked_mean(high.astype(jnp.float32), mask)
+  frac_low = masked_mean(low.astype(jnp.float32), mask)
+  frac_high = masked_mean(high.astype(jnp.float32), mask)
   metrics = {
       "pg_loss": pg_loss,
       "kl": kl_mean,
       "clip_frac": frac_low + frac_high,
       "clip_frac_low": frac_low,
       "clip_frac_high": frac_high,
-      "ratio_mean": _masked_mean(ratio, mask),
-      "advantage_mean": _masked_mean(advantages, mask),
+      "ratio_mean": masked_mean(ratio, mask),
+      "advantage_mean": masked_mean(advantages, mask),
   }
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
 
@@ -342,5 +352,5 @@ def sft_loss(logprobs: jax.Array, loss_mask: jax.Array, segment_ids: jax.Array, 
   nll = -jnp.where(mask > 0, logprobs, 0.0)  # [B, T]
   loss = aggregate(nll, mask, segment_ids, aggregation, max_segments=max_segments,
                    denominator=denominator)
-  metrics = {"nll": _masked_mean(nll, mask), "tokens": jnp.sum(mask)}
+  metrics = {"nll": masked_mean(nll, mask), "tokens": jnp.sum(mask)}
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)

@@ -30,6 +30,20 @@ from atommem_jax.training import distributed
 from atommem_jax.training import trainer
 
 
+def _budgets(c: ml_collections.ConfigDict, trajs) -> dict[str, int] | None:
+  """data.overlong="error": raise if a response overruns its phase's sampling budget;
+  "drop": the budgets for `turns_of` to leave such turns out."""
+  s = c.sampling
+  if c.data.get("overlong", "error") == "drop":
+    return {"reading": s.max_new_tokens, "answering": s.max_answer_tokens}
+  try:
+    data_lib.check_response_budgets(trajs, max_new_tokens=s.max_new_tokens,
+                                    max_answer_tokens=s.max_answer_tokens)
+  except ValueError as e:
+    raise build.ConfigError(f"data.overlong: {e}") from None
+  return None
+
+
 def sft_turns(run: trainer.Run):
   """(turns, stats) of the configured SFT data, rendered for the trained policy."""
   c, model = run.c, run.model
@@ -39,7 +53,7 @@ def sft_turns(run: trainer.Run):
     trajs = data_lib.read_trajectories(paths)
     min_score = c.data.min_score if c.data.min_score >= 0 else None
     return data_lib.turns_of(trajs, vocab, min_score=min_score,
-                             answer_repeats=c.data.answer_repeats)
+                             answer_repeats=c.data.answer_repeats, budgets=_budgets(c, trajs))
   # A policy embedder embeds with the initial params (the same on a resumed run), a
   # process-local copy of them: each process runs the teacher episodes on its own.
   params = (None if run.initial_params is None
@@ -60,7 +74,8 @@ def sft_turns(run: trainer.Run):
     # Mixed in: the scripted oracle's synthetic CRUD tasks (every op, corrections, deletions).
     trajs += data_lib.teacher_trajectories(
         engine, student, c.method, data_lib.synthetic_episodes(c, c.data.synthetic_examples))
-  return data_lib.turns_of(trajs, vocab, answer_repeats=c.data.answer_repeats)
+  return data_lib.turns_of(trajs, vocab, answer_repeats=c.data.answer_repeats,
+                           budgets=_budgets(c, trajs))
 
 
 def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> dict:
@@ -78,7 +93,8 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> 
   run.echo(f"[data] {stats.kept_episodes} of {stats.episodes} episodes, {stats.turns} turns "
        f"({stats.prompt_tokens} prompt + {stats.response_tokens} response tokens) packed into "
        f"{batches.num_rows} rows of {c.batch.seq_len}: {batches.batches_per_epoch} batches per "
-       f"epoch; {batches.truncated_prompt_tokens} prompt tokens cut to fit "
+       f"epoch; {stats.overlong_dropped} turns longer than their sampling budget left out; "
+       f"{batches.truncated_prompt_tokens} prompt tokens cut to fit "
        f"({time.perf_counter() - t0:.1f}s)")
   run.checkpointer.install_signal_handlers()
   stopped = False

@@ -96,10 +96,18 @@ class LossConfig:
   kl_coef: float = 0.001  # 0 = no reference policy term
   chunk_size: int = scoring.DEFAULT_CHUNK_SIZE  # sequence positions per output-head chunk
   remat: bool = True
+  # SFT only: weight of the prompt tokens' next-token loss (0 = responses only). A policy
+  # trained from scratch learns to copy names from its prompt far sooner with it.
+  prompt_weight: float = 0.0
 
   def __post_init__(self):
     if self.kind != "sft":
       losses.get_policy_loss(self.kind)  # raises naming the known losses
+      if self.prompt_weight:
+        raise ValueError(f"prompt_weight is an SFT option; the {self.kind!r} policy loss "
+                         f"trains on the policy's own tokens only, got {self.prompt_weight}")
+    if not 0.0 <= self.prompt_weight <= 1.0:
+      raise ValueError(f"prompt_weight must be in [0, 1], got {self.prompt_weight}")
     losses.get_aggregation(self.aggregation)
     if self.max_segments <= 0:
       raise ValueError(f"loss.max_segments must be positive, got {self.max_segments}")
@@ -117,13 +125,20 @@ def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def loss_weights(loss_mask: jax.Array, segment_ids: jax.Array, loss: LossConfig) -> jax.Array:
+  """Per-token loss weights `[B, T]`: the response mask on scored tokens, plus
+  `loss.prompt_weight` on the prompt tokens under SFT."""
+  return losses.prompt_weighted_mask(loss_mask.astype(jnp.float32), loss.prompt_weight
+                                     ) * scoring.scored_mask(segment_ids)
+
+
 def loss_fn(params: Any, batch: Batch, *, model_config: ModelConfig, loss: LossConfig,
             denominator: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The registered loss of one (micro-)batch; entropy and token counts as metrics."""
   logprobs, entropy = scoring.token_logprobs(
       model_config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
       remat=loss.remat, chunk_size=loss.chunk_size, return_entropy=True)  # [B, T] each
-  mask = batch["loss_mask"].astype(jnp.float32) * scoring.scored_mask(batch["segment_ids"])
+  mask = loss_weights(batch["loss_mask"], batch["segment_ids"], loss)  # [B, T]
   agg = dict(aggregation=loss.aggregation, max_segments=loss.max_segments, denominator=denominator)
   if loss.kind == "sft":
     value, metrics = losses.sft_loss(logprobs, mask, batch["segment_ids"], **agg)
@@ -133,6 +148,9 @@ def loss_fn(params: Any, batch: Batch, *, model_config: ModelConfig, loss: LossC
         logprobs, batch["old_logprobs"], batch["advantages"], mask, batch["segment_ids"],
         ref_logprobs=ref, clip_low=loss.clip_low, clip_high=loss.clip_high,
         kl_coef=loss.kl_coef, **agg)
+  if loss.prompt_weight:  # the responses' own NLL, comparable with runs without prompt loss
+    response = batch["loss_mask"].astype(jnp.float32) * scoring.scored_mask(batch["segment_ids"])
+    metrics["response_nll"] = losses.masked_mean(-logprobs, response)
   tokens = jnp.sum(mask)
   metrics = dict(metrics, entropy=jnp.sum(jax.lax.stop_gradient(entropy) * mask)
                  / jnp.maximum(tokens, 1.0), loss_tokens=tokens)
@@ -185,7 +203,7 @@ class TrainStep:
     if missing:
       raise ValueError(f"train step ({loss.kind}): batch lacks {missing}")
     batch = {k: batch[k] for k in loss.fields}
-    mask = batch["loss_mask"].astype(jnp.float32) * scoring.scored_mask(batch["segment_ids"])
+    mask = loss_weights(batch["loss_mask"], batch["segment_ids"], loss)  # [B, T]
     denominator = losses.aggregation_denominator(mask, batch["segment_ids"], loss.aggregation,
                                                  max_segments=loss.max_segments)
     a = self.micro_batches

@@ -233,6 +233,19 @@ def test_grpo_plots_one_point_per_rollout_batch(tmp_path):
   assert all(p.stat().st_size > 0 for p in paths)
   assert [p.name for p in logs.plot_training([dict(step=1, loss=1.0)], tmp_path)] == [
       "training.png"]
+  # SFT that switched on loss.prompt_weight mid-run: response_nll from then on, its own line
+  import matplotlib.pyplot as plt
+
+  lines = []
+  orig = plt.Figure.savefig
+  plt.Figure.savefig = lambda fig, *a, **k: lines.append(
+      [ln.get_label() for ln in fig.axes[0].get_lines()])
+  try:
+    logs.plot_training([dict(step=1, loss=1.0), dict(step=2, loss=0.9, response_nll=0.5)],
+                       tmp_path)
+  finally:
+    plt.Figure.savefig = orig
+  assert lines == [["loss", "response NLL"]]
 
 
 def test_prompt_weight_config_is_validated():

@@ -96,8 +96,14 @@ def plot_training(records: Iterable[Mapping[str, Any]], out_dir: str | pathlib.P
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
   for ax, (key, title) in zip(axes[0], panels):
     if key == "loss":
-      xs = [s for s, r in zip(steps, records) if r.get(key) is not None]
-      ax.plot(xs, [r[key] for r in records if r.get(key) is not None], lw=1.5)
+      # With loss.prompt_weight the loss counts prompt tokens too; response_nll is the
+      # responses' own cross-entropy, the quantity a responses-only run's loss measures.
+      for k, label in (("loss", "loss"), ("response_nll", "response NLL")):
+        pts = [(s, r[k]) for s, r in zip(steps, records) if r.get(k) is not None]
+        if pts:
+          ax.plot(*zip(*pts), lw=1.0 if k == "loss" else 1.5, label=label)
+      if any(r.get("response_nll") is not None for r in records):
+        ax.legend()
       ax.set_xlabel("optimizer step")
     else:
       _plot_per_iteration(ax, per_iter, key)

@@ -6,7 +6,8 @@ tasks, against the static memory workflows and the scripted oracle.
 
 The held-out tasks of configs/eval_trained_synthetic.py (seed 0; 8 and 12 sections, 2
 corrections, 2 retractions: above every training knob), with the policy's training settings
-(compact prompts, hashing embedder, memory capacity 32, sampling budgets 128 / 64 tokens).
+(compact prompts, hashing embedder, memory capacity 32, sampling budgets 128 / 64 tokens;
+prompts may be longer than training's 1,024 tokens, the longest seen was 689).
 Measured (2026-12-01, 2 CPU cores, 8 sections, 32 tasks, ~1 min): the policy after 1,810
 SFT steps EM 0.031, scratchpad_only 0.562, create_all_read_once 0.281, oracle 1.000.
 """

@@ -37,6 +37,7 @@ def get_config():
   c.data.synthetic_chunks = 7  # at most; held out: 8 and 12
   c.data.synthetic_vary = True
   c.data.answer_repeats = 2
+  c.data.overlong = "error"  # the oracle's turns fit 160 / 96 (longest 67 / 29 tokens)
   c.batch.rows = 16
   c.steps = 200
   c.checkpoint_every = 25

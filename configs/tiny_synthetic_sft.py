@@ -10,7 +10,9 @@ below the knobs (`data.synthetic_vary`: 4-7 sections, 1-2 hops, at most one corr
 retraction): 10,547 turns, 5.1M prompt + 0.41M response tokens, one turn per row of 768,
 answering turns packed twice, compact AtomMem prompts, hashing embedder.
 
-Measured on 2 CPU cores (2026-12-01; docs/results.md, "A policy trained from scratch"):
+Measured on 2 CPU cores (2026-12-01; docs/results.md, "A policy trained from scratch"; the
+run stopped at 1,173, then resumed with `--config.loss.prompt_weight=0.1 --config.steps=2500`,
+which also restarted the cosine schedule at a higher learning rate):
 2.0-2.2 s a step of 8 rows (~2,000 tokens/s), so 1,319 steps an epoch take ~45 min. Response
 cross-entropy 4.49 (steps 1-25) -> 0.78 (200) -> 0.46 (800) -> 0.42 (1,100); 1,173 steps
 responses-only, then steps 1,174-1,810 with `loss.prompt_weight=0.1` (response NLL 0.36 at

@@ -75,12 +75,16 @@ trained() {  # documents, HotpotQA questions, 2Wiki/MuSiQue questions, flags...
   local docs=$1 n=$2 n_other=$3
   shift 3
   local methods=atommem models=
+  local budget=()
   if [[ -n ${MEMAGENT_POLICY:-} ]]; then
     methods=atommem,memagent@memagent_sft
     models="memagent_sft=$MEMAGENT_POLICY"
+    # configs/smollm2_memagent_sft.py's scratchpad: rewrites of up to 320 tokens, shown up to
+    # 1,000 characters; the eval config's 160 / 300 would cut the policy it trained.
+    budget=(--config.sampling.max_new_tokens=320 --config.max_memory_chars=1000)
   fi
   local flags=(--config.model.source="$POLICY" --config.method_models="$models"
-               --config.methods="$methods" "$@")
+               --config.methods="$methods" "${budget[@]}" "$@")
   evaluate "$RUNS/trained_${TAG}_hotpotqa_$docs" hotpotqa "$n" "$docs" "${flags[@]}"
   evaluate "$RUNS/trained_${TAG}_2wiki_musique_$docs" 2wiki,musique "$n_other" "$docs" "${flags[@]}"
 }

@@ -48,7 +48,12 @@ def test_stages_dirs_and_flags(tmp_path):
   for f in flags[2:4] + flags[6:]:
     assert f["model.source"].startswith("lora:") and f["methods"] == "atommem,memagent@memagent_sft"
     assert f["method_models"] == "memagent_sft=lora:/m.safetensors"
+    assert f["sampling.max_new_tokens"] == "320" and f["max_memory_chars"] == "1000"
   assert all("env.max_calls" not in f for f in flags[:4])
+  (tmp_path / "solo").mkdir()
+  no_memagent = [_flags(c) for c in _commands(tmp_path / "solo", STAGES="trained50")]
+  assert len(no_memagent) == 2
+  assert all("sampling.max_new_tokens" not in f for f in no_memagent)
   assert all(f["env.max_calls"] == "0" for f in flags[4:])
 
 

@@ -262,6 +262,10 @@ def test_prompt_weight_config_is_validated():
   g = _micro_config("tiny_cpu_grpo", pathlib.Path("/tmp/unused"), **{"loss.prompt_weight": 0.1})
   cfg_lib.validate(g)  # applies to its warm-start SFT
   assert cfg_lib.loss_config(g).prompt_weight == 0.0  # the GRPO loss itself
+  g.loss.prompt_weight = 2.0  # out of range for the warm start, caught before it runs
+  with pytest.raises(ConfigError, match=r"^loss.prompt_weight must be in \[0, 1\]"):
+    cfg_lib.validate(g)
+  g.loss.prompt_weight = 0.1
   g.warm_start.sft_steps = 0
   with pytest.raises(ConfigError, match="^loss.prompt_weight"):
     cfg_lib.validate(g)

@@ -127,6 +127,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   optim_config(c)
   loss_config(c)
   lora_config(c)
+  if not 0.0 <= float(c.loss.get("prompt_weight", 0.0)) <= 1.0:
+    raise ConfigError(f"loss.prompt_weight must be in [0, 1], got {c.loss.prompt_weight}")
   if (c.algorithm == "grpo" and float(c.loss.get("prompt_weight", 0.0))
       and not c.warm_start.sft_steps):
     raise ConfigError("loss.prompt_weight weights prompt tokens in SFT (and GRPO's warm-start "

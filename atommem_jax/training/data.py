@@ -156,7 +156,10 @@ def response_overruns(trajectories: Sequence[Trajectory], *, max_new_tokens: int
   """Per phase ("reading", "answering") with any overrun: (turns whose response ids are longer
   than that phase's sampling budget, the phase's turns, the longest response). A policy
   trained on such a turn is cut at the budget whenever it writes it at evaluation or in
-  GRPO's rollouts (an unclosed tag, a parse error), so SFT refuses the data."""
+  GRPO's rollouts (an unclosed tag, a parse error), so SFT refuses the data. Response ids
+  end with the end-of-turn token, which sampling counts too; an answering turn that ends in
+  the `</final_answer>` stop string would stop one token earlier, so the check is one token
+  strict there."""
   budget = {READING: max_new_tokens, ANSWERING: max_answer_tokens}
   counts: dict[str, list[int]] = {}
   for t in trajectories:

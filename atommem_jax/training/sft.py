@@ -52,8 +52,9 @@ def sft_turns(run: trainer.Run):
     paths = [p.strip() for p in str(c.data.jsonl).split(",") if p.strip()]
     trajs = data_lib.read_trajectories(paths)
     min_score = c.data.min_score if c.data.min_score >= 0 else None
+    kept = [t for t in trajs if min_score is None or t.scores.get("exact_match", 0.0) >= min_score]
     return data_lib.turns_of(trajs, vocab, min_score=min_score,
-                             answer_repeats=c.data.answer_repeats, budgets=_budgets(c, trajs))
+                             answer_repeats=c.data.answer_repeats, budgets=_budgets(c, kept))
   # A policy embedder embeds with the initial params (the same on a resumed run), a
   # process-local copy of them: each process runs the teacher episodes on its own.
   params = (None if run.initial_params is None

@@ -148,12 +148,12 @@ def loss_fn(params: Any, batch: Batch, *, model_config: ModelConfig, loss: LossC
         logprobs, batch["old_logprobs"], batch["advantages"], mask, batch["segment_ids"],
         ref_logprobs=ref, clip_low=loss.clip_low, clip_high=loss.clip_high,
         kl_coef=loss.kl_coef, **agg)
+  response = batch["loss_mask"].astype(jnp.float32) * scoring.scored_mask(batch["segment_ids"])
   if loss.prompt_weight:  # the responses' own NLL, comparable with runs without prompt loss
-    response = batch["loss_mask"].astype(jnp.float32) * scoring.scored_mask(batch["segment_ids"])
     metrics["response_nll"] = losses.masked_mean(-logprobs, response)
-  tokens = jnp.sum(mask)
-  metrics = dict(metrics, entropy=jnp.sum(jax.lax.stop_gradient(entropy) * mask)
-                 / jnp.maximum(tokens, 1.0), loss_tokens=tokens)
+  # The policy's entropy on the tokens it writes (the prompt's, under prompt_weight, is not).
+  metrics = dict(metrics, entropy=losses.masked_mean(jax.lax.stop_gradient(entropy), response),
+                 loss_tokens=jnp.sum(mask))
   return value, metrics
 
 

@@ -106,6 +106,25 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+# What a trained policy saw in training (its prompts, sections, memory and response budgets).
+# An evaluation of it takes them from its training config, so the two cannot drift apart.
+POLICY_KEYS = ("embedder", "prompts.system", "prompts.step", "prompts.final", "env.chunk_size",
+               "env.overlap", "memory.capacity", "max_memory_chars", "sampling.max_new_tokens",
+               "sampling.max_answer_tokens")
+
+
+def take_policy_settings(c: ml_collections.ConfigDict, trained: ml_collections.ConfigDict
+                         ) -> ml_collections.ConfigDict:
+  """`c` with the POLICY_KEYS of the training config `trained`."""
+  for key in POLICY_KEYS:
+    *path, last = key.split(".")
+    src, dst = trained, c
+    for part in path:
+      src, dst = src[part], dst[part]
+    dst[last] = src[last]
+  return c
+
+
 def train_base() -> ml_collections.ConfigDict:
   """Training (`python -m atommem_jax.training`): the agent keys of `base()` plus these."""
   c = base()

@@ -11,7 +11,9 @@ prompts may be longer than training's 1,024 tokens, the longest seen was 689).
 Measured (2026-12-01, 2 CPU cores, 8 sections, 32 tasks, ~1 min): the policy after 1,810
 SFT steps EM 0.031, scratchpad_only 0.562, create_all_read_once 0.281, oracle 1.000.
 """
+from configs import common
 from configs import eval_trained_synthetic
+from configs import tiny_synthetic_sft
 
 
 def get_config():
@@ -20,12 +22,7 @@ def get_config():
   c.model.source = "orbax:outputs/tiny_synthetic_sft"
   c.method_models = ""
   c.methods = "atommem,scratchpad_only,create_all_read_once,oracle"
-  c.embedder = "hashing"
-  c.memory.capacity = 32
-  c.max_memory_chars = 200
+  common.take_policy_settings(c, tiny_synthetic_sft.get_config())
   c.sampling.max_prompt_tokens = 2048
-  c.sampling.max_new_tokens = 128  # configs/tiny_cpu_sft.py's budgets
-  c.sampling.max_answer_tokens = 64
   c.sampling.batch_size = 32
-  c.env.chunk_size = 64
   return c

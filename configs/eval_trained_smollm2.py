@@ -28,6 +28,7 @@ import pathlib
 
 import atommem_jax
 from configs import common
+from configs import smollm2_sft
 
 ADAPTER = pathlib.Path(atommem_jax.__file__).parent / "trained" / "smollm2_atommem.safetensors"
 
@@ -42,16 +43,10 @@ def get_config():
   c.method_models = "base=smollm2"
   c.data.dataset = "hotpotqa"
   c.data.num_docs = "50"
-  c.prompts.system = "compact_system.txt"
-  c.prompts.step = "compact_step.txt"
-  c.prompts.final = "compact_final.txt"
-  c.env.chunk_size = 512
-  c.env.overlap = 0
-  c.memory.capacity = 64
+  # The trained policy's prompts, 512-token sections, memory and budgets (160 reading / 96
+  # answering tokens; answering was 32, which cut 95% of prompted full_context answers and
+  # the trained policy's notes-then-answer turns).
+  common.take_policy_settings(c, smollm2_sft.get_config())
   c.sampling.max_prompt_tokens = 7680  # the agentic prompts stay under ~1K; rag and full_context get the window
-  c.sampling.max_new_tokens = 160  # configs/smollm2_sft.py's budgets
-  c.sampling.max_answer_tokens = 96  # (was 32: it cut 95% of prompted full_context answers
-  # and the trained policy's notes-then-answer turns)
   c.sampling.batch_size = 16
-  c.max_memory_chars = 300
   return c

@@ -43,7 +43,7 @@ def get_config():
   c.env.max_calls = 0
   c.memory.capacity = 64
   c.sampling.max_prompt_tokens = 2048
-  # The evaluation's budgets (configs/eval_trained_smollm2.py). The teacher's answering turns
+  # Also the evaluation's budgets (configs/eval_trained_smollm2.py takes them). The teacher's answering turns
   # fit (longest 83 tokens); 14 of its 316 reading turns do not (longest 400) and are left
   # out of SFT, since the policy could not finish them within its budget.
   c.sampling.max_new_tokens = 160

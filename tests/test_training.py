@@ -287,12 +287,12 @@ def test_sft_refuses_or_drops_responses_longer_than_the_sampling_budget():
   t = Trajectory(episode_id="e", method="atommem", questions=["q"], golds=[["a"]],
                  answers=["a"], steps=[step(0, "reading", 5), step(1, "reading", 9),
                                        step(2, "answering", 4), step(3, "answering", 7)])
-  assert data_lib.response_overruns([t], max_new_tokens=8, max_answer_tokens=8) == {
+  assert data_lib.response_overruns([t], {"reading": 8, "answering": 8}) == {
       "reading": (1, 2, 9)}
   with pytest.raises(ValueError, match=r"1 of 2 answering turns exceed "
                      r"sampling.max_answer_tokens=6 \(longest 7 tokens\)"):
-    data_lib.check_response_budgets([t], max_new_tokens=9, max_answer_tokens=6)
-  data_lib.check_response_budgets([t], max_new_tokens=9, max_answer_tokens=7)  # fits exactly
+    data_lib.check_response_budgets([t], {"reading": 9, "answering": 6})
+  data_lib.check_response_budgets([t], {"reading": 9, "answering": 7})  # fits exactly
   turns, stats = data_lib.turns_of([t], vocab_size=16,
                                    budgets={"reading": 8, "answering": 6})
   assert [len(r) for _, r in turns] == [5, 4] and stats.overlong_dropped == 2

@@ -51,6 +51,13 @@ class SamplingConfig:
       raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
 
 
+def response_budget(sampling, kind: str) -> int:
+  """New tokens a response of turn `kind` may have: `max_new_tokens` while reading,
+  `max_answer_tokens` while answering (`sampling`: a SamplingConfig or a config's `sampling`;
+  training checks its SFT data against the same rule)."""
+  return sampling.max_new_tokens if kind == env_lib.READING else sampling.max_answer_tokens
+
+
 @dataclasses.dataclass(frozen=True)
 class Prompt:
   """A rendered prompt: the exact text and token ids a model is shown for one observation."""
@@ -202,7 +209,7 @@ class _LLMPolicyBase:
       groups.setdefault(prompt.kind, []).append((j, prompt))
     s = self.lm.sampling
     for kind, items in groups.items():
-      budget = s.max_new_tokens if kind == env_lib.READING else s.max_answer_tokens
+      budget = response_budget(s, kind)
       stops = () if kind == env_lib.READING else _ANSWER_STOP
       acts = self.lm.complete(params, [p for _, p in items], budget, stops)
       for (j, _), a in zip(items, acts):

@@ -127,10 +127,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   optim_config(c)
   loss_config(c)
   lora_config(c)
-  if not 0.0 <= float(c.loss.get("prompt_weight", 0.0)) <= 1.0:
-    raise ConfigError(f"loss.prompt_weight must be in [0, 1], got {c.loss.prompt_weight}")
-  if (c.algorithm == "grpo" and float(c.loss.get("prompt_weight", 0.0))
-      and not c.warm_start.sft_steps):
+  prompt_weight = float(c.loss.get("prompt_weight", 0.0))
+  if not 0.0 <= prompt_weight <= 1.0:  # (SFT: LossConfig says so first; GRPO's warm start too)
+    raise ConfigError(f"loss.prompt_weight must be in [0, 1], got {prompt_weight}")
+  if c.algorithm == "grpo" and prompt_weight and not c.warm_start.sft_steps:
     raise ConfigError("loss.prompt_weight weights prompt tokens in SFT (and GRPO's warm-start "
                       "SFT); this GRPO run has no warm start, so it would be ignored: set it to 0")
   if c.loss.chunk_size <= 0:

@@ -17,7 +17,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from atommem_jax.agent import oracle
+from atommem_jax.agent import oracle, policies
 from atommem_jax.agent.environment import ANSWERING, READING, Episode
 from atommem_jax.agent.trajectory import Trajectory, read_jsonl
 from atommem_jax.training import packing
@@ -97,8 +97,6 @@ def teacher_trajectories(engine, student, method: str, episodes: Sequence[Episod
                          batch_size: int = 16, source: str = "synthetic",
                          max_memory_chars: int = 1000) -> list[Trajectory]:
   """The scripted teacher of `method` on `episodes`, rendered with `student`'s prompts."""
-  from atommem_jax.agent import policies
-
   teacher = policies.RenderedTeacher(make_teacher(method, source, max_memory_chars), student)
   out: list[Trajectory] = []
   for k in range(0, len(episodes), batch_size):
@@ -128,11 +126,9 @@ def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: flo
   if answer_repeats < 1:
     raise ValueError(f"answer_repeats must be >= 1, got {answer_repeats}")
   turns: list[packing.Turn] = []
-  kept = dropped = 0
-  for t in trajectories:
-    if min_score is not None and t.scores.get(score_key, 0.0) < min_score:
-      continue
-    kept += 1
+  dropped = 0
+  kept = scoring_at_least(trajectories, min_score, score_key)
+  for t in kept:
     for s in t.steps:
       if not s.prompt_ids or not s.response_ids:
         continue
@@ -145,14 +141,30 @@ def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: flo
         continue
       copies = answer_repeats if s.phase == ANSWERING else 1
       turns.extend((list(s.prompt_ids), list(s.response_ids)) for _ in range(copies))
-  stats = TurnStats(episodes=len(trajectories), kept_episodes=kept, turns=len(turns),
+  stats = TurnStats(episodes=len(trajectories), kept_episodes=len(kept), turns=len(turns),
                     response_tokens=sum(len(r) for _, r in turns),
                     prompt_tokens=sum(len(p) for p, _ in turns), overlong_dropped=dropped)
   return turns, stats
 
 
-def response_overruns(trajectories: Sequence[Trajectory], *, max_new_tokens: int,
-                      max_answer_tokens: int) -> dict[str, tuple[int, int, int]]:
+def scoring_at_least(trajectories: Sequence[Trajectory], min_score: float | None,
+                     score_key: str = "exact_match") -> list[Trajectory]:
+  """The episodes scoring at least `min_score` (all of them for None): rejection sampling."""
+  return [t for t in trajectories
+          if min_score is None or t.scores.get(score_key, 0.0) >= min_score]
+
+
+# The sampling budget, by config key, of each phase's responses.
+BUDGET_KEYS = {READING: "sampling.max_new_tokens", ANSWERING: "sampling.max_answer_tokens"}
+
+
+def phase_budgets(sampling: ml_collections.ConfigDict) -> dict[str, int]:
+  """{phase: max response tokens} of a config's `sampling`, as sampling applies them."""
+  return {phase: policies.response_budget(sampling, phase) for phase in BUDGET_KEYS}
+
+
+def response_overruns(trajectories: Sequence[Trajectory], budgets: dict[str, int]
+                      ) -> dict[str, tuple[int, int, int]]:
   """Per phase ("reading", "answering") with any overrun: (turns whose response ids are longer
   than that phase's sampling budget, the phase's turns, the longest response). A policy
   trained on such a turn is cut at the budget whenever it writes it at evaluation or in
@@ -160,28 +172,24 @@ def response_overruns(trajectories: Sequence[Trajectory], *, max_new_tokens: int
   end with the end-of-turn token, which sampling counts too; an answering turn that ends in
   the `</final_answer>` stop string would stop one token earlier, so the check is one token
   strict there."""
-  budget = {READING: max_new_tokens, ANSWERING: max_answer_tokens}
   counts: dict[str, list[int]] = {}
   for t in trajectories:
     for st in t.steps:
       if not st.prompt_ids or not st.response_ids:
         continue
       c = counts.setdefault(st.phase, [0, 0, 0])
-      c[0] += len(st.response_ids) > budget[st.phase]
+      c[0] += len(st.response_ids) > budgets[st.phase]
       c[1] += 1
       c[2] = max(c[2], len(st.response_ids))
   return {ph: (n, total, longest) for ph, (n, total, longest) in counts.items() if n}
 
 
-def check_response_budgets(trajectories: Sequence[Trajectory], *, max_new_tokens: int,
-                           max_answer_tokens: int) -> None:
+def check_response_budgets(trajectories: Sequence[Trajectory], budgets: dict[str, int]) -> None:
   """Raises ValueError naming the sampling budget each phase's SFT responses overrun."""
-  over = response_overruns(trajectories, max_new_tokens=max_new_tokens,
-                           max_answer_tokens=max_answer_tokens)
-  key = {READING: f"sampling.max_new_tokens={max_new_tokens}",
-         ANSWERING: f"sampling.max_answer_tokens={max_answer_tokens}"}
+  over = response_overruns(trajectories, budgets)
   if over:
-    parts = [f"{n} of {total} {ph} turns exceed {key[ph]} (longest {longest} tokens)"
+    parts = [f"{n} of {total} {ph} turns exceed {BUDGET_KEYS[ph]}={budgets[ph]} "
+             f"(longest {longest} tokens)"
              for ph, (n, total, longest) in sorted(over.items())]
     raise ValueError("SFT responses longer than the policy may write: " + "; ".join(parts)
                      + ". The trained policy would be cut there in evaluation and GRPO; raise "

@@ -102,7 +102,7 @@ def plot_training(records: Iterable[Mapping[str, Any]], out_dir: str | pathlib.P
         pts = [(s, r[k]) for s, r in zip(steps, records) if r.get(k) is not None]
         if pts:
           ax.plot(*zip(*pts), lw=1.0 if k == "loss" else 1.5, label=label)
-      if any(r.get("response_nll") is not None for r in records):
+      if pts:  # response_nll drawn: two lines to tell apart
         ax.legend()
       ax.set_xlabel("optimizer step")
     else:

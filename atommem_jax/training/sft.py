@@ -33,12 +33,11 @@ from atommem_jax.training import trainer
 def _budgets(c: ml_collections.ConfigDict, trajs) -> dict[str, int] | None:
   """data.overlong="error": raise if a response overruns its phase's sampling budget;
   "drop": the budgets for `turns_of` to leave such turns out."""
-  s = c.sampling
+  budgets = data_lib.phase_budgets(c.sampling)
   if c.data.get("overlong", "error") == "drop":
-    return {"reading": s.max_new_tokens, "answering": s.max_answer_tokens}
+    return budgets
   try:
-    data_lib.check_response_budgets(trajs, max_new_tokens=s.max_new_tokens,
-                                    max_answer_tokens=s.max_answer_tokens)
+    data_lib.check_response_budgets(trajs, budgets)
   except ValueError as e:
     raise build.ConfigError(f"data.overlong: {e}") from None
   return None
@@ -52,9 +51,9 @@ def sft_turns(run: trainer.Run):
     paths = [p.strip() for p in str(c.data.jsonl).split(",") if p.strip()]
     trajs = data_lib.read_trajectories(paths)
     min_score = c.data.min_score if c.data.min_score >= 0 else None
-    kept = [t for t in trajs if min_score is None or t.scores.get("exact_match", 0.0) >= min_score]
+    budgets = _budgets(c, data_lib.scoring_at_least(trajs, min_score))  # the episodes trained on
     return data_lib.turns_of(trajs, vocab, min_score=min_score,
-                             answer_repeats=c.data.answer_repeats, budgets=_budgets(c, kept))
+                             answer_repeats=c.data.answer_repeats, budgets=budgets)
   # A policy embedder embeds with the initial params (the same on a resumed run), a
   # process-local copy of them: each process runs the teacher episodes on its own.
   params = (None if run.initial_params is None

@@ -125,10 +125,11 @@ def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def loss_weights(loss_mask: jax.Array, segment_ids: jax.Array, loss: LossConfig) -> jax.Array:
+def loss_weights(loss_mask: jax.Array, segment_ids: jax.Array, prompt_weight: float = 0.0
+                 ) -> jax.Array:
   """Per-token loss weights `[B, T]`: the response mask on scored tokens, plus
-  `loss.prompt_weight` on the prompt tokens under SFT."""
-  return losses.prompt_weighted_mask(loss_mask.astype(jnp.float32), loss.prompt_weight
+  `prompt_weight` on the prompt tokens (SFT's `loss.prompt_weight`)."""
+  return losses.prompt_weighted_mask(loss_mask.astype(jnp.float32), prompt_weight
                                      ) * scoring.scored_mask(segment_ids)
 
 
@@ -138,7 +139,7 @@ def loss_fn(params: Any, batch: Batch, *, model_config: ModelConfig, loss: LossC
   logprobs, entropy = scoring.token_logprobs(
       model_config, params, batch["tokens"], batch["positions"], batch["segment_ids"],
       remat=loss.remat, chunk_size=loss.chunk_size, return_entropy=True)  # [B, T] each
-  mask = loss_weights(batch["loss_mask"], batch["segment_ids"], loss)  # [B, T]
+  mask = loss_weights(batch["loss_mask"], batch["segment_ids"], loss.prompt_weight)  # [B, T]
   agg = dict(aggregation=loss.aggregation, max_segments=loss.max_segments, denominator=denominator)
   if loss.kind == "sft":
     value, metrics = losses.sft_loss(logprobs, mask, batch["segment_ids"], **agg)
@@ -148,8 +149,9 @@ def loss_fn(params: Any, batch: Batch, *, model_config: ModelConfig, loss: LossC
         logprobs, batch["old_logprobs"], batch["advantages"], mask, batch["segment_ids"],
         ref_logprobs=ref, clip_low=loss.clip_low, clip_high=loss.clip_high,
         kl_coef=loss.kl_coef, **agg)
-  response = batch["loss_mask"].astype(jnp.float32) * scoring.scored_mask(batch["segment_ids"])
+  response = mask
   if loss.prompt_weight:  # the responses' own NLL, comparable with runs without prompt loss
+    response = loss_weights(batch["loss_mask"], batch["segment_ids"])
     metrics["response_nll"] = losses.masked_mean(-logprobs, response)
   # The policy's entropy on the tokens it writes (the prompt's, under prompt_weight, is not).
   metrics = dict(metrics, entropy=losses.masked_mean(jax.lax.stop_gradient(entropy), response),
@@ -203,7 +205,7 @@ class TrainStep:
     if missing:
       raise ValueError(f"train step ({loss.kind}): batch lacks {missing}")
     batch = {k: batch[k] for k in loss.fields}
-    mask = loss_weights(batch["loss_mask"], batch["segment_ids"], loss)  # [B, T]
+    mask = loss_weights(batch["loss_mask"], batch["segment_ids"], loss.prompt_weight)  # [B, T]
     denominator = losses.aggregation_denominator(mask, batch["segment_ids"], loss.aggregation,
                                                  max_segments=loss.max_segments)
     a = self.micro_batches

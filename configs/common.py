@@ -35,6 +35,10 @@ def base() -> ml_collections.ConfigDict:
   # kernel; TPU only, models/splash.py; rows must be a multiple of 128 tokens, of 512 above).
   c.model.attention = "xla"
   c.model.tokenizer = ""  # "" = the tokenizer that comes with the source
+  # model.source="tiny" only: 0 = the 480-token test tokenizer; N = a byte-level BPE of N
+  # tokens trained on the training stream's synthetic tasks and the prompt templates
+  # (agent/build.py task_tokenizer_lines), saved with the run like any tokenizer.
+  c.model.tiny_tokenizer_vocab = 0
 
   # Embedder for memory entries and queries: "minilm" (all-MiniLM-L6-v2, shipped),
   # "hashing" (hashed bag of words, no model), "policy" (mean-pooled policy hidden states).

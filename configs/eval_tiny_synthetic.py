@@ -19,7 +19,7 @@ from configs import tiny_synthetic_sft
 def get_config():
   c = eval_trained_synthetic.get_config()
   c.output_dir = "outputs/eval_tiny_synthetic"
-  c.model.source = "orbax:outputs/tiny_synthetic_sft"
+  c.model.source = "orbax:outputs/tiny_synthetic_bpe"
   c.method_models = ""
   c.methods = "atommem,scratchpad_only,create_all_read_once,oracle"
   common.take_policy_settings(c, tiny_synthetic_sft.get_config())

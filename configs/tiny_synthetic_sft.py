@@ -26,10 +26,12 @@ from configs import tiny_cpu_sft
 
 def get_config():
   c = tiny_cpu_sft.get_config()
-  c.output_dir = "outputs/tiny_synthetic_sft"
+  c.output_dir = "outputs/tiny_synthetic_bpe"
+  c.model.tiny_tokenizer_vocab = 1024  # a BPE of the task text: names in 2-3 tokens, not 6-12
   c.model.tiny = dict(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
                       num_kv_heads=2, head_dim=64)
-  c.steps = 1500
+  c.steps = 3000
+  c.loss.prompt_weight = 0.1
   c.checkpoint_every = 100
   c.optim.learning_rate = 2e-3
   c.optim.warmup_steps = 50

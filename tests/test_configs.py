@@ -43,6 +43,8 @@ def test_config_validates(name, qwen3_8b_dir, test_tokenizer_dir, tmp_path):
       c.model.source = "smollm2"  # the SFT run it starts from does not exist here
     if c.get("init_from"):  # likewise the run GRPO continues: a run directory stands in
       (tmp_path / "checkpoints").mkdir()
+      if str(c.model.tokenizer).startswith(str(c.init_from)):  # that run's own tokenizer
+        c.model.tokenizer = str(test_tokenizer_dir)
       c.init_from = str(tmp_path)
     train_cfg.validate(c)
   else:

@@ -190,3 +190,16 @@ def test_to_dict_and_episode():
 def test_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):
     syn.SyntheticConfig(**kw)
+
+
+def test_tokenizer_corpus_is_the_streams_text():
+  cfg = syn.SyntheticConfig()
+  lines = syn.corpus(cfg, 1000, 3)
+  for i in range(3):
+    ex = syn.generate(cfg, 1000, i)
+    assert ex.question in lines and all(c in lines for c in ex.chunks)
+    assert all(s.response in lines for s in ex.oracle)
+  held_out = syn.generate(cfg, 0, 0)  # another seed's tasks are not in it
+  assert held_out.question not in lines
+  varied = syn.corpus(cfg, 1000, 3, vary=True)
+  assert syn.generate(syn.varied_config(cfg, 1000, 2), 1000, 2).question in varied

@@ -66,3 +66,19 @@ def test_smollm2_gguf_tokenizer_matches_transformers_and_caches(tmp_path, monkey
   msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
   assert (cached.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
           == ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+
+
+def test_bpe_tokenizer_on_task_text_has_the_test_tokenizers_specials(tmp_path):
+  lines = ["The manager of Ulwen Marulnor is Elholdun Lunpeldun."] * 50 + ["Dunjor joined the Chess club."] * 50
+  tok = tok_lib.load_tokenizer(tok_lib.build_bpe_tokenizer(tmp_path / "a", lines, 400))
+  assert len(tok) <= 400
+  assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
+  assert tok.eos_token_id == 2 and tok.pad_token_id == 0
+  ids = tok("The manager of Ulwen", add_special_tokens=False)["input_ids"]
+  assert len(ids) < len("The manager of Ulwen") / 3  # words learnt as tokens, not letters
+  for s in ["never seen: wörld 日本 \\boxed{42}", lines[0]]:  # bytes cover any text
+    assert tok.decode(tok(s, add_special_tokens=False)["input_ids"]) == s
+  again = tok_lib.load_tokenizer(tok_lib.build_bpe_tokenizer(tmp_path / "b", lines, 400))
+  assert again.get_vocab() == tok.get_vocab()  # same lines, same tokenizer
+  with pytest.raises(ValueError, match="at least 259"):
+    tok_lib.build_bpe_tokenizer(tmp_path / "c", lines, 100)

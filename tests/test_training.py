@@ -299,3 +299,44 @@ def test_sft_refuses_or_drops_responses_longer_than_the_sampling_budget():
   c = _micro_config("tiny_cpu_sft", pathlib.Path("/tmp/unused"), **{"data.overlong": "trim"})
   with pytest.raises(ConfigError, match="^data.overlong"):
     cfg_lib.validate(c)
+
+
+def test_task_tokenizer_trains_with_the_run_and_loads_with_it(tmp_path):
+  """model.tiny_tokenizer_vocab: a BPE trained on the training stream's tasks, saved with the
+  run (model/), and the one an evaluation of the run tokenizes with."""
+  from atommem_jax.agent import build
+  from atommem_jax.data import synthetic
+  from atommem_jax.training import sft
+  from configs import common
+
+  c = _micro_config("tiny_cpu_sft", tmp_path / "run", steps=1, checkpoint_every=1)
+  # 512: with 600 the 8-fake-device train step deadlocked in an XLA:CPU all-gather (see
+  # conftest.py); a single-device run trains with any size.
+  c.model.tiny_tokenizer_vocab = 512
+  before = build.policy_tokenizer(c)  # the config checks' tokenizer, before any model
+  assert len(before) == 512
+  sft.train(c, echo=lambda s: None)
+  e = common.base()
+  e.model.source = f"orbax:{tmp_path / 'run'}"
+  tok = build.policy_tokenizer(e)
+  assert tok.get_vocab() == before.get_vocab()
+  model = build.load_model(e, tmp_path)
+  assert model.config.vocab_size == 512 and model.tokenizer.get_vocab() == before.get_vocab()
+  sentence = synthetic.generate(synthetic.SyntheticConfig(), 0, 0).chunks[0]
+  c.model.tiny_tokenizer_vocab = 0
+  letters = build.policy_tokenizer(c)
+  assert len(tok.encode(sentence)) < 0.6 * len(letters.encode(sentence))  # held-out text too
+  # GRPO from the run: with another tokenizer it fails before any compute, with the run's
+  # own (its model/ dir) it passes.
+  from atommem_jax.training import config as cfg_lib
+
+  g = _micro_config("tiny_cpu_grpo", tmp_path / "grpo", init_from=str(tmp_path / "run"))
+  g.warm_start.sft_steps = 0
+  with pytest.raises(build.ConfigError, match="init_from: .* another tokenizer"):
+    cfg_lib.validate(g)
+  g.model.tokenizer = str(tmp_path / "run" / "model")
+  cfg_lib.validate(g)
+  for source, vocab in (("smollm2", 600), ("tiny", 100)):
+    c.model.source, c.model.tiny_tokenizer_vocab = source, vocab
+    with pytest.raises(build.ConfigError, match="model.tiny_tokenizer_vocab"):
+      build.check_agent_config(c, ("atommem",))

@@ -147,11 +147,60 @@ def _tokenizer(name: str):
   return tok_lib.load_tokenizer(name)
 
 
+TASK_TOKENIZER_TASKS = 512  # synthetic tasks whose text trains a task tokenizer
+
+
+def task_tokenizer_lines(c: ml_collections.ConfigDict) -> list[str]:
+  """The text a tiny policy's task tokenizer (`model.tiny_tokenizer_vocab` > 0) is trained
+  on: the configured prompt templates and TASK_TOKENIZER_TASKS tasks of the training stream
+  (`data.seed`, the config's synthetic difficulty), never a held-out stream."""
+  from atommem_jax.agent import oracle
+  from atommem_jax.agent.prompts import resolve_template
+  from atommem_jax.data import synthetic
+
+  template = []
+  for key in PROMPT_TEMPLATES:
+    template += resolve_template(c.prompts[key]).read_text(encoding="utf-8").splitlines()
+  template += [c.prompts.no_query_text, c.prompts.empty_memory_text]
+  cfg = oracle.synthetic_config(c, c.data.synthetic_chunks)
+  # Every prompt repeats its template: weighted so, its words become tokens too (once, the
+  # system prompt stayed letters and took half of every prompt's tokens).
+  return template * TASK_TOKENIZER_TASKS + synthetic.corpus(
+      cfg, c.data.seed, TASK_TOKENIZER_TASKS, vary=bool(c.data.get("synthetic_vary", False)))
+
+
+def build_task_tokenizer(c: ml_collections.ConfigDict, out_dir: pathlib.Path | str):
+  """Trains the tiny policy's task tokenizer into `out_dir`; returns it loaded."""
+  from atommem_jax.models import tokenizer as tok_lib
+
+  vocab = int(c.model.tiny_tokenizer_vocab)
+  return tok_lib.load_tokenizer(tok_lib.build_bpe_tokenizer(out_dir, task_tokenizer_lines(c),
+                                                            vocab))
+
+
+_TASK_TOKENIZERS: dict[str, object] = {}  # task_tokenizer_lines' text -> the tokenizer
+
+
+def _task_tokenizer(c: ml_collections.ConfigDict):
+  """The task tokenizer `c` describes, trained once per process (the model is not loaded)."""
+  key = f"{c.model.tiny_tokenizer_vocab}\n" + "\n".join(task_tokenizer_lines(c))
+  if key not in _TASK_TOKENIZERS:
+    with tempfile.TemporaryDirectory() as d:
+      _TASK_TOKENIZERS[key] = build_task_tokenizer(c, d)
+  return _TASK_TOKENIZERS[key]
+
+
+def _tiny_task_vocab(c: ml_collections.ConfigDict) -> int:
+  return int(c.model.get("tiny_tokenizer_vocab", 0) or 0)
+
+
 def policy_tokenizer(c: ml_collections.ConfigDict):
   """The tokenizer the policy will use (loaded and cached; the model is not loaded)."""
   c = lora_base_config(c)
   if c.model.tokenizer:
     return _tokenizer(str(c.model.tokenizer))
+  if str(c.model.source) == "tiny" and _tiny_task_vocab(c):
+    return _task_tokenizer(c)
   path = _model_path(c)
   if path is not None and str(c.model.source).startswith("orbax:"):
     path = path / "model"
@@ -196,6 +245,11 @@ def _check_values(c: ml_collections.ConfigDict, methods: Sequence[str], group_si
       ("hf:", "gguf:", "orbax:", "lora:")):
     raise ConfigError("model.source must be smollm2, tiny, none, hf:<dir>, gguf:<file>, "
                       f"orbax:<training run dir> or lora:<adapter file>, got {src!r}")
+  vocab = _tiny_task_vocab(c)
+  if vocab and (src != "tiny" or c.model.tokenizer or vocab < 259):
+    raise ConfigError(f"model.tiny_tokenizer_vocab={vocab}: a task tokenizer is trained for a "
+                      "from-scratch policy only (model.source='tiny', no model.tokenizer), "
+                      "with at least 259 tokens (256 bytes + 3 special tokens)")
   if src == "none" and (any(m in LLM_METHODS for m in methods) or c.embedder == "policy"):
     raise ConfigError("model.source='none' but methods/embedder need a policy model")
   if c.model.dtype not in ("float32", "bfloat16"):
@@ -323,7 +377,12 @@ def load_model(c: ml_collections.ConfigDict, work_dir: pathlib.Path,
   if src == "tiny":
     from atommem_jax.models.transformer import init_params
 
-    tok = tok_lib.load_tokenizer(c.model.tokenizer or tok_lib.build_test_tokenizer(work_dir / "tokenizer"))
+    if c.model.tokenizer:
+      tok = tok_lib.load_tokenizer(c.model.tokenizer)
+    elif _tiny_task_vocab(c):
+      tok = build_task_tokenizer(c, work_dir / "tokenizer")
+    else:
+      tok = tok_lib.load_tokenizer(tok_lib.build_test_tokenizer(work_dir / "tokenizer"))
     mc = model_config.tiny("qwen3", vocab_size=max(512, len(tok)), eos_token_id=tok.eos_token_id,
                            max_position_embeddings=TINY_CONTEXT_WINDOW,
                            **dict(c.model.get("tiny", {}) or {}))

@@ -317,3 +317,16 @@ def generate_many(config: SyntheticConfig, seed: int, n: int, start: int = 0
                   ) -> Iterator[SyntheticExample]:
   for i in range(start, start + n):
     yield generate(config, seed, i)
+
+
+def corpus(config: SyntheticConfig, seed: int, n: int, vary: bool = False) -> list[str]:
+  """Text lines of tasks 0 .. n-1 of a seeded stream (question, sections, the oracle's
+  responses): what a tokenizer for a policy of these tasks is trained on. Pass a training
+  stream's seed, never a held-out one, so no evaluation name shapes the vocabulary."""
+  lines: list[str] = []
+  for i in range(n):
+    ex = generate(varied_config(config, seed, i) if vary else config, seed, i)
+    lines.append(ex.question)
+    lines.extend(ex.chunks)
+    lines.extend(s.response for s in ex.oracle)
+  return lines

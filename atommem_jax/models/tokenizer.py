@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -162,19 +163,33 @@ def build_test_tokenizer(out_dir: str | os.PathLike) -> Path:
   ids 0, 1, 2 are `<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (eos) as in SmolLM2;
   vocab TEST_VOCAB_SIZE; ChatML chat template. Same text, same trainer -> same files.
   """
+  return build_bpe_tokenizer(out_dir, _TRAIN_TEXT.strip().splitlines(), TEST_VOCAB_SIZE)
+
+
+def build_bpe_tokenizer(out_dir: str | os.PathLike, lines: Iterable[str], vocab_size: int) -> Path:
+  """A byte-level BPE of `vocab_size` tokens trained on `lines`, saved as a HF dir (out_dir).
+
+  The test tokenizer's special tokens (ids 0, 1, 2: pad, `<|im_start|>`, `<|im_end|>` = eos)
+  and ChatML template; any text still encodes (byte fallback). Trained on a task's own text,
+  it gives a from-scratch policy whole words and name syllables as tokens instead of single
+  letters. Same lines, same vocab_size -> same files.
+  """
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import PreTrainedTokenizerFast
 
+  if vocab_size < 259:
+    raise ValueError(f"vocab_size must be at least 259 (256 bytes + 3 special tokens), "
+                     f"got {vocab_size}")
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   bpe = Tokenizer(models.BPE())
   bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   bpe.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=TEST_VOCAB_SIZE, min_frequency=2, show_progress=False,
+      vocab_size=vocab_size, min_frequency=2, show_progress=False,
       special_tokens=[ENDOFTEXT, IM_START, IM_END],
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  bpe.train_from_iterator(_TRAIN_TEXT.strip().splitlines(), trainer=trainer)
+  bpe.train_from_iterator(list(lines), trainer=trainer)
   tok = PreTrainedTokenizerFast(
       tokenizer_object=bpe, eos_token=IM_END, pad_token=ENDOFTEXT, bos_token=None,
       unk_token=None, clean_up_tokenization_spaces=False)

@@ -203,6 +203,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         pathlib.Path(c.init_from) / "checkpoints").is_dir():
       raise ConfigError(f"init_from: {c.init_from} is not a training run directory (no "
                         "checkpoints/)")
+    _check_init_tokenizer(c)
   if c.algorithm == "grpo":
     g = c.grpo
     for key in ("grpo.questions_per_step", "grpo.group_size", "grpo.epochs"):
@@ -219,3 +220,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"sampling.temperature must be > 0 for GRPO (G samples of one "
                         f"question), got {c.sampling.temperature}")
   check_agent_config(c, (c.method,), c.grpo.group_size if c.algorithm == "grpo" else 1)
+
+
+def _check_init_tokenizer(c: ml_collections.ConfigDict) -> None:
+  """The run `init_from` names trained with some tokenizer (saved in its model/); a policy
+  that would tokenize differently (another model, another task tokenizer's corpus) would
+  train its parameters on wrong ids, so it fails here."""
+  from atommem_jax.agent import build
+
+  saved = pathlib.Path(c.init_from) / "model" / "tokenizer.json"
+  if is_remote_path(str(c.init_from)) or not saved.is_file():
+    return
+  from atommem_jax.models import tokenizer as tok_lib
+
+  theirs = tok_lib.load_tokenizer(saved.parent).get_vocab()
+  if build.policy_tokenizer(c).get_vocab() != theirs:
+    raise ConfigError(f"init_from: {c.init_from} was trained with another tokenizer than this "
+                      f"config's policy; set model.tokenizer={saved.parent} (and "
+                      "model.tiny_tokenizer_vocab=0)")
+

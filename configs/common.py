@@ -203,6 +203,10 @@ def train_base() -> ml_collections.ConfigDict:
   # max_answer_tokens) is one the policy could never finish: "error" stops before training,
   # "drop" leaves those turns out (counted in the [data] line).
   c.data.overlong = "error"
+  # SFT: auxiliary copy turns ("repeat this section" -> the section; training/data.py
+  # copy_turns) from the training stream's synthetic tasks; for policies trained from scratch,
+  # which must learn to copy names before they can store or query them. 0 = none.
+  c.data.copy_examples = 0
   c.data.min_score = -1.0  # jsonl: keep episodes whose exact_match >= min_score (rejection sampling)
   c.data.num_examples = 64  # SFT: teacher episodes (synthetic: generated; real: first of the
   # train episodes, 0 = all)

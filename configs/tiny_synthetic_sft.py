@@ -30,7 +30,7 @@ def get_config():
   c.model.tiny_tokenizer_vocab = 1024  # a BPE of the task text: names in 2-3 tokens, not 6-12
   c.model.tiny = dict(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
                       num_kv_heads=2, head_dim=64)
-  c.steps = 3000
+  c.steps = 2400
   c.loss.prompt_weight = 0.1
   c.checkpoint_every = 100
   c.optim.learning_rate = 2e-3
@@ -39,4 +39,5 @@ def get_config():
   c.data.synthetic_chunks = 7
   c.data.synthetic_vary = True
   c.data.answer_repeats = 2
+  c.data.copy_examples = 8192  # "repeat this section" turns: copying, learnt from scratch
   return c

@@ -340,3 +340,35 @@ def test_task_tokenizer_trains_with_the_run_and_loads_with_it(tmp_path):
     c.model.source, c.model.tiny_tokenizer_vocab = source, vocab
     with pytest.raises(build.ConfigError, match="model.tiny_tokenizer_vocab"):
       build.check_agent_config(c, ("atommem",))
+
+
+def test_copy_turns_ask_for_the_section_and_answer_with_it(test_tokenizer):
+  from atommem_jax.training import data as data_lib
+  from configs import tiny_cpu_sft
+
+  c = tiny_cpu_sft.get_config()
+  sections = data_lib.copy_sections(c, 9)
+  assert len(sections) == 9 and len(set(sections)) == 9
+  trained = {s for ep in data_lib.synthetic_episodes(c, c.data.num_examples) for s in ep.sections}
+  assert not trained & set(sections)  # the tasks after the SFT episodes': fresh names
+  turns = data_lib.copy_turns(test_tokenizer, sections, max_prompt_tokens=1024)
+  for section, (prompt, response) in zip(sections, turns):
+    assert section in test_tokenizer.decode(prompt)
+    assert data_lib.COPY_INSTRUCTION in test_tokenizer.decode(prompt)
+    assert response[-1] == test_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert test_tokenizer.decode(response[:-1]) == section
+
+
+def test_copy_examples_join_the_sft_data(tmp_path):
+  from atommem_jax.training import config as cfg_lib
+  from atommem_jax.training import sft, trainer
+
+  c = _micro_config("tiny_cpu_sft", tmp_path / "run", steps=1)
+  base = sft.sft_turns(trainer.setup(c, lambda s: None))[1]
+  c.data.copy_examples = 5
+  turns, stats = sft.sft_turns(trainer.setup(c, lambda s: None))
+  assert stats.turns == base.turns + 5 == len(turns) and stats.copy_turns == 5
+  assert stats.response_tokens > base.response_tokens
+  c.data.copy_examples = -1
+  with pytest.raises(cfg_lib.ConfigError, match="data.copy_examples"):
+    cfg_lib.validate(c)

@@ -141,6 +141,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   a = d.get("answer_repeats", 1)
   if not isinstance(a, int) or isinstance(a, bool) or a < 1:
     raise ConfigError(f"data.answer_repeats must be an integer >= 1, got {a!r}")
+  n = d.get("copy_examples", 0)
+  if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    raise ConfigError(f"data.copy_examples must be an integer >= 0, got {n!r}")
+  if n and c.algorithm != "sft":
+    raise ConfigError("data.copy_examples: copy turns are SFT data (GRPO trains on its "
+                      "rollouts; a warm start takes them from its own SFT config)")
   if not isinstance(d.get("synthetic_vary", False), bool):
     raise ConfigError(f"data.synthetic_vary must be True or False, got {d.synthetic_vary!r}")
   if d.source not in DATA_SOURCES:

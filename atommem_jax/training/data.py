@@ -112,6 +112,7 @@ class TurnStats:
   response_tokens: int
   prompt_tokens: int
   overlong_dropped: int = 0  # turns longer than their phase's sampling budget, left out
+  copy_turns: int = 0  # auxiliary copy turns (data.copy_examples) among `turns`
 
 
 def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: float | None = None,
@@ -145,6 +146,37 @@ def turns_of(trajectories: Sequence[Trajectory], vocab_size: int, min_score: flo
                     response_tokens=sum(len(r) for _, r in turns),
                     prompt_tokens=sum(len(p) for p, _ in turns), overlong_dropped=dropped)
   return turns, stats
+
+
+COPY_INSTRUCTION = "Repeat this section word for word."
+
+
+def copy_turns(tokenizer, sections: Sequence[str], max_prompt_tokens: int
+               ) -> list[packing.Turn]:
+  """Auxiliary SFT turns that teach copying from the context: the user shows a section and
+  asks for it word for word; the response is the section. A pretrained LM arrives able to
+  copy; a policy trained from scratch must learn it, and every memory operation it writes
+  (a fact to store, a query, a correction) copies names from the section. Dense copy turns
+  give it that skill in far fewer steps than the trajectories alone (`data.copy_examples`)."""
+  enc = policies.ChatEncoder(tokenizer, max_prompt_tokens)
+  out = []
+  for section in sections:
+    _, prompt = enc.encode([{"role": "user", "content": f"{COPY_INSTRUCTION}\n{section}"}])
+    _, response = enc.response(section)
+    out.append((prompt, response))
+  return out
+
+
+def copy_sections(c: ml_collections.ConfigDict, n: int) -> list[str]:
+  """`n` sections of the training stream's tasks after the SFT episodes' (fresh names, the
+  same stream: never a held-out seed)."""
+  out: list[str] = []
+  k = c.data.num_examples
+  while len(out) < n:
+    (ep,) = synthetic_episodes(c, 1, start=k)
+    out += list(ep.sections)[: n - len(out)]
+    k += 1
+  return out
 
 
 def scoring_at_least(trajectories: Sequence[Trajectory], min_score: float | None,

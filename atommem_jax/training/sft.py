@@ -17,6 +17,7 @@ the same whatever the number of processes.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -74,8 +75,18 @@ def sft_turns(run: trainer.Run):
     # Mixed in: the scripted oracle's synthetic CRUD tasks (every op, corrections, deletions).
     trajs += data_lib.teacher_trajectories(
         engine, student, c.method, data_lib.synthetic_episodes(c, c.data.synthetic_examples))
-  return data_lib.turns_of(trajs, vocab, answer_repeats=c.data.answer_repeats,
-                           budgets=_budgets(c, trajs))
+  turns, stats = data_lib.turns_of(trajs, vocab, answer_repeats=c.data.answer_repeats,
+                                   budgets=_budgets(c, trajs))
+  n_copy = int(c.data.get("copy_examples", 0) or 0)
+  if n_copy:
+    copies = data_lib.copy_turns(model.tokenizer, data_lib.copy_sections(c, n_copy),
+                                 c.sampling.max_prompt_tokens)
+    turns += copies
+    stats = dataclasses.replace(
+        stats, turns=stats.turns + n_copy, copy_turns=n_copy,
+        prompt_tokens=stats.prompt_tokens + sum(len(p) for p, _ in copies),
+        response_tokens=stats.response_tokens + sum(len(r) for _, r in copies))
+  return turns, stats
 
 
 def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> dict:
@@ -90,7 +101,8 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> 
   batches = data_lib.SFTBatches(turns, rows=c.batch.rows, seq_len=c.batch.seq_len, seed=c.seed,
                                 max_segments=c.loss.max_segments,
                                 truncate=c.batch.truncate or None, pad_id=pad)
-  run.echo(f"[data] {stats.kept_episodes} of {stats.episodes} episodes, {stats.turns} turns "
+  copies = f", {stats.copy_turns} of them copy turns" if stats.copy_turns else ""
+  run.echo(f"[data] {stats.kept_episodes} of {stats.episodes} episodes, {stats.turns} turns{copies} "
        f"({stats.prompt_tokens} prompt + {stats.response_tokens} response tokens) packed into "
        f"{batches.num_rows} rows of {c.batch.seq_len}: {batches.batches_per_epoch} batches per "
        f"epoch; {stats.overlong_dropped} turns longer than their sampling budget left out; "

@@ -25,8 +25,8 @@ def get_config():
   c.init_from = SFT_RUN
   c.model.tokenizer = f"{SFT_RUN}/model"  # the SFT run's task tokenizer, not a new one
   c.model.tiny_tokenizer_vocab = 0
-  c.steps = 200
-  c.checkpoint_every = 5
+  c.steps = 80  # optimizer steps; ~6 an iteration (32 rollouts' turns in rows of 32 x 768)
+  c.checkpoint_every = 6
   c.optim.learning_rate = 1e-4
   c.optim.warmup_steps = 0
   c.loss.prompt_weight = 0.0  # GRPO's loss is on the policy's own tokens
@@ -37,6 +37,7 @@ def get_config():
   c.sampling.top_p = 0.99
   c.sampling.batch_size = 32
   c.data.seed = 2000  # other tasks than the SFT data's
-  c.data.answer_repeats = 1  # an SFT packing option; GRPO trains on its own rollouts
-  c.batch.rows = 8
+  c.data.answer_repeats = 1  # SFT packing options; GRPO trains on its own rollouts
+  c.data.copy_examples = 0
+  c.batch.rows = 32
   return c

@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["atommem_jax", "atommem_jax.*"]),
     # The prompt templates ship inside the package, so a non-editable install finds them.
-    package_data={"atommem_jax": ["py.typed", "prompts/*.txt", "trained/*.safetensors"]},
+    package_data={"atommem_jax": ["py.typed", "prompts/*.txt", "trained/*.safetensors", "trained/*/*"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",

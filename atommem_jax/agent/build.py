@@ -169,13 +169,15 @@ def task_tokenizer_lines(c: ml_collections.ConfigDict) -> list[str]:
       cfg, c.data.seed, TASK_TOKENIZER_TASKS, vary=bool(c.data.get("synthetic_vary", False)))
 
 
-def build_task_tokenizer(c: ml_collections.ConfigDict, out_dir: pathlib.Path | str):
-  """Trains the tiny policy's task tokenizer into `out_dir`; returns it loaded."""
+def build_task_tokenizer(c: ml_collections.ConfigDict, out_dir: pathlib.Path | str,
+                         lines: Sequence[str] | None = None):
+  """Trains the tiny policy's task tokenizer into `out_dir` (on `lines`, if the caller has
+  already built `task_tokenizer_lines(c)`); returns it loaded."""
   from atommem_jax.models import tokenizer as tok_lib
 
+  lines = task_tokenizer_lines(c) if lines is None else lines
   vocab = int(c.model.tiny_tokenizer_vocab)
-  return tok_lib.load_tokenizer(tok_lib.build_bpe_tokenizer(out_dir, task_tokenizer_lines(c),
-                                                            vocab))
+  return tok_lib.load_tokenizer(tok_lib.build_bpe_tokenizer(out_dir, lines, vocab))
 
 
 _TASK_TOKENIZERS: dict[str, object] = {}  # task_tokenizer_lines' text -> the tokenizer
@@ -183,10 +185,11 @@ _TASK_TOKENIZERS: dict[str, object] = {}  # task_tokenizer_lines' text -> the to
 
 def _task_tokenizer(c: ml_collections.ConfigDict):
   """The task tokenizer `c` describes, trained once per process (the model is not loaded)."""
-  key = f"{c.model.tiny_tokenizer_vocab}\n" + "\n".join(task_tokenizer_lines(c))
+  lines = task_tokenizer_lines(c)
+  key = f"{c.model.tiny_tokenizer_vocab}\n" + "\n".join(lines)
   if key not in _TASK_TOKENIZERS:
     with tempfile.TemporaryDirectory() as d:
-      _TASK_TOKENIZERS[key] = build_task_tokenizer(c, d)
+      _TASK_TOKENIZERS[key] = build_task_tokenizer(c, d, lines)
   return _TASK_TOKENIZERS[key]
 
 
@@ -246,10 +249,12 @@ def _check_values(c: ml_collections.ConfigDict, methods: Sequence[str], group_si
     raise ConfigError("model.source must be smollm2, tiny, none, hf:<dir>, gguf:<file>, "
                       f"orbax:<training run dir> or lora:<adapter file>, got {src!r}")
   vocab = _tiny_task_vocab(c)
-  if vocab and (src != "tiny" or c.model.tokenizer or vocab < 259):
+  from atommem_jax.models.tokenizer import MIN_BPE_VOCAB  # lazy: transformers is slow to import
+
+  if vocab and (src != "tiny" or c.model.tokenizer or vocab < MIN_BPE_VOCAB):
     raise ConfigError(f"model.tiny_tokenizer_vocab={vocab}: a task tokenizer is trained for a "
                       "from-scratch policy only (model.source='tiny', no model.tokenizer), "
-                      "with at least 259 tokens (256 bytes + 3 special tokens)")
+                      f"with at least {MIN_BPE_VOCAB} tokens (256 bytes + 3 special tokens)")
   if src == "none" and (any(m in LLM_METHODS for m in methods) or c.embedder == "policy"):
     raise ConfigError("model.source='none' but methods/embedder need a policy model")
   if c.model.dtype not in ("float32", "bfloat16"):

@@ -34,6 +34,7 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 TEST_VOCAB_SIZE = 480  # < tiny()'s 512, so every id is a valid embedding row
+MIN_BPE_VOCAB = 259  # 256 byte tokens + the 3 special tokens
 
 # A few KB of plain English in the shape of AtomMem prompts and responses: protocol tags,
 # memory listings, boxed answers, Wikipedia-like paragraphs. Frozen: the test tokenizer (and
@@ -177,9 +178,9 @@ def build_bpe_tokenizer(out_dir: str | os.PathLike, lines: Iterable[str], vocab_
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import PreTrainedTokenizerFast
 
-  if vocab_size < 259:
-    raise ValueError(f"vocab_size must be at least 259 (256 bytes + 3 special tokens), "
-                     f"got {vocab_size}")
+  if vocab_size < MIN_BPE_VOCAB:
+    raise ValueError(f"vocab_size must be at least {MIN_BPE_VOCAB} (256 bytes + 3 special "
+                     f"tokens), got {vocab_size}")
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   bpe = Tokenizer(models.BPE())

@@ -56,6 +56,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.synthetic_hops = 2
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1
+  c.data.synthetic_members = 4  # count tasks: people who join (retractions <= members)
 
   # Prompt templates: a file name shipped in atommem_jax/prompts/ ("step.txt"), or any path
   # (string.Template `${name}` fields, checked on load; their contents are part of the resume
@@ -217,6 +218,7 @@ def train_base() -> ml_collections.ConfigDict:
   c.data.synthetic_hops = 2
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1
+  c.data.synthetic_members = 4  # count tasks: people who join (retractions <= members)
   # True: each synthetic task draws its sections, hops, corrections, members and retractions
   # at or below the knobs above (data/synthetic.py `varied_config`), so no count is constant.
   c.data.synthetic_vary = False
@@ -239,8 +241,9 @@ def train_base() -> ml_collections.ConfigDict:
   # trajectories at `learning_rate` (0 = optim.learning_rate); GRPO starts from, and is
   # KL-regularised towards, its final parameters.
   c.warm_start = ml_collections.ConfigDict(dict(sft_steps=0, learning_rate=0.0))
-  # GRPO only: start from another run's final parameters instead (its output_dir, e.g. an SFT
-  # run of the same model and LoRA settings: the run continues its adapters, and KL-
-  # regularises towards them). "" = model.source as loaded.
+  # Start from another run's final parameters instead (its output_dir): GRPO from an SFT run
+  # of the same model and LoRA settings (it continues its adapters and KL-regularises towards
+  # them), or an SFT stage from an earlier one (a curriculum; fresh optimizer and schedule).
+  # The run's tokenizer must be this config's (model.tokenizer=<run>/model). "" = model.source.
   c.init_from = ""
   return c

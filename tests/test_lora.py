@@ -150,7 +150,8 @@ def test_lora_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=key):
       cfg_lib.validate(_micro_config("tiny_cpu_sft", tmp_path, **over))
   for name, over, key in (
-      ("tiny_cpu_sft", {"init_from": str(tmp_path)}, "init_from: only GRPO"),
+      ("tiny_cpu_sft", {"init_from": str(tmp_path / "nowhere")},
+       "init_from: .* is not a training run"),
       ("tiny_cpu_grpo", {"init_from": str(tmp_path / "nowhere"), "warm_start.sft_steps": 0},
        "init_from: .* is not a training run"),
       ("tiny_cpu_grpo", {"init_from": str(tmp_path)}, "init_from and warm_start")):

@@ -44,6 +44,20 @@ def test_oracle_answers_everything_from_memory_and_baselines_do_worse():
              for t in res["oracle"])
 
 
+def test_members_knob_sets_the_count_tasks_people():
+  """data.synthetic_members: how many join in count tasks, so a held-out count is not
+  always 1 when retractions grow (4 members, 3 retractions)."""
+  c = _cfg(8)
+  c.data.synthetic_retractions, c.data.synthetic_members = 3, 5
+  eps = oracle.synthetic_episodes(c, num_chunks=8)
+  counts = [oracle.example_of(e) for e in eps if e.meta["kind"] == "count"]
+  assert counts and all(ex.answer == "2" for ex in counts)
+  assert all(sum(k == "create" for _, k, _ in ex.events) == 5 for ex in counts)
+  c.data.synthetic_members = 2
+  with pytest.raises(ValueError, match="retractions"):
+    oracle.synthetic_episodes(c, num_chunks=8)
+
+
 def test_oracle_does_not_read_the_gold():
   [ep] = oracle.synthetic_episodes(_cfg(1), num_chunks=8)
   wrong = dataclasses.replace(ep, golds=(("not the answer",),))

@@ -336,6 +336,26 @@ def test_task_tokenizer_trains_with_the_run_and_loads_with_it(tmp_path):
     cfg_lib.validate(g)
   g.model.tokenizer = str(tmp_path / "run" / "model")
   cfg_lib.validate(g)
+  # An SFT stage continued from the run (a curriculum): the same tokenizer check, and it
+  # starts from the run's parameters with a fresh optimizer at step 0.
+  from atommem_jax.training import trainer
+
+  s2 = _micro_config("tiny_cpu_sft", tmp_path / "stage2", steps=1, checkpoint_every=1,
+                     init_from=str(tmp_path / "run"))
+  with pytest.raises(build.ConfigError, match="init_from: .* another tokenizer"):
+    cfg_lib.validate(s2)
+  s2.model.tokenizer, s2.model.tiny_tokenizer_vocab = str(tmp_path / "run" / "model"), 0
+  s2.optim.learning_rate = 1e-12  # the step leaves the params (all but) as they started
+  said: list[str] = []
+  sft.train(s2, echo=said.append)
+  assert any("[init] params from" in line for line in said), said
+  stage2 = trainer.setup(s2, echo=lambda s: None)
+  assert stage2.step == 1
+  c.model.tiny_tokenizer_vocab = 512
+  first = trainer.setup(c, echo=lambda s: None)  # the run itself, resumed at its step 1
+  assert first.step == 1
+  for a, b in zip(jax.tree.leaves(first.state.params), jax.tree.leaves(stage2.state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-8)
   for source, vocab in (("smollm2", 600), ("tiny", 100)):
     c.model.source, c.model.tiny_tokenizer_vocab = source, vocab
     with pytest.raises(build.ConfigError, match="model.tiny_tokenizer_vocab"):

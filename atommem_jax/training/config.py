@@ -200,10 +200,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     except ValueError as e:
       raise ConfigError(f"data.synthetic_*: {e}") from None
   if c.get("init_from"):
-    if c.algorithm != "grpo":
-      raise ConfigError("init_from: only GRPO starts from another run's parameters (SFT "
-                        "starts from model.source)")
-    if c.warm_start.sft_steps:
+    if c.algorithm == "grpo" and c.warm_start.sft_steps:
       raise ConfigError("init_from and warm_start.sft_steps both name a starting policy; set one")
     if not is_remote_path(str(c.init_from)) and not (
         pathlib.Path(c.init_from) / "checkpoints").is_dir():

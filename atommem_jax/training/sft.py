@@ -93,7 +93,10 @@ def train(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print) -> 
   """Runs (or resumes) SFT to `c.steps` optimizer steps; returns a summary."""
   from tqdm.auto import tqdm
 
-  run = trainer.setup(c, echo, keep_initial=c.embedder == "policy")
+  # init_from: continue from another run's latest parameters with a fresh optimizer and
+  # schedule on this config's data (a curriculum stage), rather than from model.source.
+  run = trainer.setup(c, echo, init_from=str(c.get("init_from") or "") or None,
+                      keep_initial=c.embedder == "policy")
   t0 = time.perf_counter()
   turns, stats = sft_turns(run)
   run.initial_params = None  # only the teacher episodes' policy embedder needed them

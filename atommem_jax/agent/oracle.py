@@ -108,7 +108,8 @@ def synthetic_config(c: ml_collections.ConfigDict, num_chunks: int) -> synthetic
                                    num_chunks=num_chunks, hops=c.data.synthetic_hops,
                                    corrections=c.data.synthetic_corrections,
                                    retractions=c.data.synthetic_retractions,
-                                   members=c.data.get("synthetic_members", 4))
+                                   members=c.data.get("synthetic_members",
+                                                      synthetic.SyntheticConfig.members))
 
 
 def episodes_of(cfg: synthetic.SyntheticConfig, seed: int, n: int, start: int = 0,

@@ -178,8 +178,8 @@ def setup(c: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   """Mesh, model, sharded train state and checkpoints; restores the latest checkpoint.
 
   init_from: another run's output_dir whose latest checkpoint's params start this run (GRPO
-  after its SFT, or an SFT stage after an earlier one; fresh optimizer state). keep_initial: keep a copy of
-  the starting params as `initial_params` (GRPO's frozen reference policy)."""
+  after its SFT, or an SFT stage after an earlier one; fresh optimizer state). keep_initial:
+  keep a copy of the starting params as `initial_params` (GRPO's frozen reference policy)."""
   cfg_lib.validate(c)
   distributed.initialize(distributed.from_config(c))  # before anything touches a device
   main = distributed.is_main()

@@ -57,6 +57,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1
   c.data.synthetic_members = 4  # count tasks: people who join (retractions <= members)
+  c.data.synthetic_count_share = 0.5  # "mixed": probability that a task is a count task
 
   # Prompt templates: a file name shipped in atommem_jax/prompts/ ("step.txt"), or any path
   # (string.Template `${name}` fields, checked on load; their contents are part of the resume
@@ -219,6 +220,7 @@ def train_base() -> ml_collections.ConfigDict:
   c.data.synthetic_corrections = 1
   c.data.synthetic_retractions = 1
   c.data.synthetic_members = 4  # count tasks: people who join (retractions <= members)
+  c.data.synthetic_count_share = 0.5  # "mixed": probability that a task is a count task
   # True: each synthetic task draws its sections, hops, corrections, members and retractions
   # at or below the knobs above (data/synthetic.py `varied_config`), so no count is constant.
   c.data.synthetic_vary = False

@@ -109,7 +109,9 @@ def synthetic_config(c: ml_collections.ConfigDict, num_chunks: int) -> synthetic
                                    corrections=c.data.synthetic_corrections,
                                    retractions=c.data.synthetic_retractions,
                                    members=c.data.get("synthetic_members",
-                                                      synthetic.SyntheticConfig.members))
+                                                      synthetic.SyntheticConfig.members),
+                                   count_share=c.data.get("synthetic_count_share",
+                                                          synthetic.SyntheticConfig.count_share))
 
 
 def episodes_of(cfg: synthetic.SyntheticConfig, seed: int, n: int, start: int = 0,

@@ -54,6 +54,8 @@ class SyntheticConfig:
   distractors_per_chunk: distractor sentences per chunk (density).
   corrections: successive corrections of the chain's final fact (Update).
   members / retractions: joins and later retractions in "count" tasks (Delete).
+  count_share: in "mixed", the probability that a task is a count task. 0.5 draws the kind
+  with the original coin, so every stream generated before this knob existed is unchanged.
   """
 
   task: TaskKind = "mixed"
@@ -63,6 +65,7 @@ class SyntheticConfig:
   corrections: int = 1
   members: int = 4
   retractions: int = 1
+  count_share: float = 0.5
 
   def __post_init__(self):
     if self.task not in ("chain", "count", "mixed"):
@@ -72,6 +75,8 @@ class SyntheticConfig:
     if self.distractors_per_chunk < 0 or self.corrections < 0 or self.retractions < 0:
       raise ValueError("SyntheticConfig.distractors_per_chunk, corrections and retractions must "
                        "be >= 0")
+    if not 0.0 <= self.count_share <= 1.0:
+      raise ValueError(f"SyntheticConfig.count_share must be in [0, 1], got {self.count_share}")
     if not 1 <= self.members <= 6:
       raise ValueError(f"SyntheticConfig.members must be in [1, 6], got {self.members}")
     if self.retractions > self.members:
@@ -245,11 +250,17 @@ def _note(event: _Event) -> str:
   return f"{_NOTE_VERB[event.kind]}: {event.text.rstrip('.')}"
 
 
+def _draw_kind(rng: random.Random, count_share: float) -> str:
+  if count_share == 0.5:  # the original draw: keeps the existing seeded streams identical
+    return rng.choice(("chain", "count"))
+  return "count" if rng.random() < count_share else "chain"
+
+
 def generate(config: SyntheticConfig, seed: int, index: int = 0) -> SyntheticExample:
   """One example; a pure function of (config, seed, index)."""
   rng = random.Random(f"synthetic/{seed}/{index}")
   names = _Names(rng)
-  kind = config.task if config.task != "mixed" else rng.choice(("chain", "count"))
+  kind = config.task if config.task != "mixed" else _draw_kind(rng, config.count_share)
   make = _chain_events if kind == "chain" else _count_events
   events, question, answer, spec, _ = make(config, rng, names)
   key_chunks = sorted(rng.sample(range(config.num_chunks), len(events)))
